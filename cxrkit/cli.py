@@ -1,0 +1,54 @@
+"""The ``cxrkit`` command: one subcommand per stage.
+
+Each subcommand lives beside the code it drives, in a module with a ``register(subparsers)`` function
+that adds its parser and sets ``func`` (called with the parsed arguments, returning an exit code).
+Heavy imports (torch, Lightning) happen inside those functions so ``cxrkit --help`` stays quick.
+Errors a user can cause (:class:`cxrkit.errors.CxrkitError`) are printed as one message, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cxrkit import __version__
+from cxrkit.errors import CxrkitError
+
+# subcommand -> module defining register(subparsers), in the order `--help` lists them
+COMMANDS: dict[str, str] = {
+    "synth": "cxrkit.data.synthetic",
+    "prepare": "cxrkit.data.sources",
+    "preprocess": "cxrkit.data.preprocess",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxrkit",
+        description="Chest X-ray toolkit: data preparation, pretraining, localisation, "
+        "multi-task models and evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"cxrkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS.values():
+        importlib.import_module(module).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CxrkitError as exc:
+        print(f"cxrkit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cxrkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

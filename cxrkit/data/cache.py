@@ -1,0 +1,175 @@
+"""The preprocessed-image cache: its on-disk layout, the geometry of each image, and a reader.
+
+Layout of a cache directory (written by :mod:`cxrkit.data.preprocess`, read here)::
+
+    recipe.json                       the preprocessing recipe and output size (a rerun must match)
+    index.parquet                     one row per finished image: image_id, file, geometry, masks
+    items/<xx>/<key>.png              the image: uint8, single channel, height x width cache pixels
+    items/<xx>/<key>.json             its sidecar: geometry, sha256 of the PNG, mask names
+    items/<xx>/<key>.mask.<name>.png  masks mapped into cache pixels (uint8 0/255), one per name
+    errors.csv                        items skipped with --on-error skip: image_id, path, reason
+
+``<key>`` is the image id made filename-safe, ``<xx>`` two hex digits spreading files over folders.
+An item is finished when its sidecar exists (written last, atomically); the index is rebuilt from the
+sidecars at the end of every run, so a killed run resumes by skipping finished items.
+
+Geometry: an original image of ``orig_width x orig_height`` is zero-padded by ``pad_left``/``pad_top``
+(and right/bottom) and resized by ``scale_x``/``scale_y``, so for any point::
+
+    x_cache = (x_orig + pad_left) * scale_x        x_orig = x_cache / scale_x - pad_left
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+
+from cxrkit.errors import DataError, ImageReadError, MissingFileError
+
+RECIPE_FILE = "recipe.json"
+INDEX_FILE = "index.parquet"
+ERRORS_FILE = "errors.csv"
+ITEMS_DIR = "items"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Geometry:
+    """How one original image maps into its cache image (see the module docstring)."""
+
+    orig_width: int
+    orig_height: int
+    pad_left: float
+    pad_top: float
+    scale_x: float
+    scale_y: float
+    width: int  # cache image width
+    height: int  # cache image height
+
+    def boxes_to_cache(self, boxes: np.ndarray) -> np.ndarray:
+        """boxes: (N, 4) x1y1x2y2 in original pixels -> (N, 4) float32 in cache pixels."""
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        out = np.empty_like(b)
+        out[:, [0, 2]] = (b[:, [0, 2]] + self.pad_left) * self.scale_x
+        out[:, [1, 3]] = (b[:, [1, 3]] + self.pad_top) * self.scale_y
+        return out.astype(np.float32)
+
+    def boxes_to_original(self, boxes: np.ndarray, *, clip: bool = True) -> np.ndarray:
+        """boxes: (N, 4) x1y1x2y2 in cache pixels -> (N, 4) float32 in original pixels.
+
+        With ``clip`` the result is clipped to the original image (a box predicted in the padding
+        shrinks to the image border).
+        """
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        out = np.empty_like(b)
+        out[:, [0, 2]] = b[:, [0, 2]] / self.scale_x - self.pad_left
+        out[:, [1, 3]] = b[:, [1, 3]] / self.scale_y - self.pad_top
+        if clip:
+            out[:, [0, 2]] = out[:, [0, 2]].clip(0, self.orig_width)
+            out[:, [1, 3]] = out[:, [1, 3]].clip(0, self.orig_height)
+        return out.astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Geometry:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def item_key(image_id: str) -> str:
+    """Filename-safe, collision-free key for an image id."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", image_id)
+    if safe != image_id or len(safe) > 150:
+        safe = f"{safe[:120]}-{hashlib.sha1(image_id.encode()).hexdigest()[:10]}"
+    return safe
+
+
+def item_stem(root: str | Path, image_id: str) -> Path:
+    """Path of an item without suffix: ``root/items/<xx>/<key>``."""
+    shard = hashlib.sha1(image_id.encode()).hexdigest()[:2]
+    return Path(root) / ITEMS_DIR / shard / item_key(image_id)
+
+
+def image_path(root: str | Path, image_id: str) -> Path:
+    return item_stem(root, image_id).with_suffix(".png")
+
+
+def sidecar_path(root: str | Path, image_id: str) -> Path:
+    return item_stem(root, image_id).with_suffix(".json")
+
+
+def mask_path(root: str | Path, image_id: str, name: str) -> Path:
+    stem = item_stem(root, image_id)
+    return stem.with_name(f"{stem.name}.mask.{item_key(name)}.png")
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Read a cache PNG as uint8 (H, W); a clear error if it is missing or corrupt."""
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
+    if data is None:
+        raise ImageReadError(f"{path}: cache file missing (rerun `cxrkit preprocess`)")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ImageReadError(f"{path}: cache file is empty or corrupt (rerun `cxrkit preprocess`)")
+    return image
+
+
+class Cache:
+    """Read-only view of a finished cache directory.
+
+    ``load(image_id)`` returns uint8 (height, width) in cache pixels; ``geometry(image_id)`` maps boxes
+    between original and cache pixels; ``load_mask(image_id, name)`` returns uint8 {0, 255} or None.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        recipe, index = self.root / RECIPE_FILE, self.root / INDEX_FILE
+        if not recipe.is_file() or not index.is_file():
+            raise MissingFileError(
+                f"{self.root}: not a finished cache (no {RECIPE_FILE} or {INDEX_FILE}); "
+                "build it with `cxrkit preprocess --manifest M --out CACHE_DIR`"
+            )
+        self.recipe: dict[str, Any] = json.loads(recipe.read_text())
+        rows = pq.read_table(index).to_pylist()
+        self._rows: dict[str, dict[str, Any]] = {row["image_id"]: row for row in rows}
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._rows)
+
+    def _row(self, image_id: str) -> dict[str, Any]:
+        try:
+            return self._rows[image_id]
+        except KeyError:
+            raise DataError(
+                f"{self.root}: image {image_id!r} is not in the cache (skipped or failed in "
+                f"preprocess? see {ERRORS_FILE})"
+            ) from None
+
+    def geometry(self, image_id: str) -> Geometry:
+        return Geometry.from_dict(json.loads(self._row(image_id)["geometry"]))
+
+    def load(self, image_id: str) -> np.ndarray:
+        return read_png(self.root / self._row(image_id)["file"])
+
+    def mask_names(self, image_id: str) -> list[str]:
+        return list(self._row(image_id)["masks"] or [])
+
+    def load_mask(self, image_id: str, name: str) -> np.ndarray | None:
+        if name not in self.mask_names(image_id):
+            return None
+        return read_png(mask_path(self.root, image_id, name))

@@ -1,0 +1,212 @@
+"""The record every stage reads, and the manifest (a Parquet file of records).
+
+One record per image. Boxes are in **original pixel coordinates** of the file at ``path``
+(``0 <= x1 < x2 <= width``, ``0 <= y1 < y2 <= height``); the cache maps them to cache pixels.
+
+``labels`` maps a finding name to 0 or 1; a finding absent from the dict is *unknown* for that image
+(not negative). ``boxes`` keeps every reader's box separately (``reader`` is the radiologist id, or
+``""`` when the source has none); fusion happens in the detector stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cxrkit.errors import DataError, MissingFileError
+
+VIEWS = ("PA", "AP", "LL", "unknown")
+SPLITS = ("train", "val", "test", "unassigned")
+MANIFEST_VERSION = "1"
+
+_BOX_TYPE = pa.struct(
+    [
+        ("finding", pa.string()),
+        ("x1", pa.float64()),
+        ("y1", pa.float64()),
+        ("x2", pa.float64()),
+        ("y2", pa.float64()),
+        ("reader", pa.string()),
+    ]
+)
+SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+        ("path", pa.string()),
+        ("patient_id", pa.string()),
+        ("view", pa.string()),
+        ("split", pa.string()),
+        ("labels", pa.map_(pa.string(), pa.int8())),
+        ("boxes", pa.list_(_BOX_TYPE)),
+        ("mask_paths", pa.map_(pa.string(), pa.string())),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("meta", pa.string()),  # JSON object: free-form (age, sex, pixel spacing, ...)
+    ]
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Box:
+    """One reader's box. Coordinates are original pixels, x1y1x2y2, x1 < x2 and y1 < y2."""
+
+    finding: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    reader: str = ""
+
+    @property
+    def xyxy(self) -> tuple[float, float, float, float]:
+        return (self.x1, self.y1, self.x2, self.y2)
+
+
+@dataclass(kw_only=True)
+class Record:
+    """One image and everything known about it. See the module docstring for the contracts."""
+
+    image_id: str
+    source: str
+    path: str
+    patient_id: str
+    width: int
+    height: int
+    view: str = "unknown"
+    split: str = "unassigned"
+    labels: dict[str, int] = field(default_factory=dict)
+    boxes: list[Box] = field(default_factory=list)
+    mask_paths: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, *, where: str = "") -> None:
+        """Raise :class:`DataError` naming ``where`` (file and row) if the record breaks a contract."""
+        at = f"{where}: " if where else ""
+        name = f"image {self.image_id!r}"
+        if not self.image_id:
+            raise DataError(f"{at}empty image_id")
+        if self.view not in VIEWS:
+            raise DataError(f"{at}{name}: view {self.view!r} is not one of {VIEWS}")
+        if self.split not in SPLITS:
+            raise DataError(f"{at}{name}: split {self.split!r} is not one of {SPLITS}")
+        if self.width <= 0 or self.height <= 0:
+            raise DataError(f"{at}{name}: image size {self.width}x{self.height} is not positive")
+        for finding, value in self.labels.items():
+            if value not in (0, 1):
+                raise DataError(f"{at}{name}: label {finding!r} = {value!r}, expected 0 or 1")
+        for box in self.boxes:
+            check_box(box, width=self.width, height=self.height, where=f"{at}{name}")
+
+
+def check_box(box: Box, *, width: int, height: int, where: str) -> None:
+    """Raise :class:`DataError` if ``box`` is degenerate, non-finite or outside a width x height image."""
+    coords = box.xyxy
+    if not all(math.isfinite(c) for c in coords):
+        raise DataError(f"{where}: box {coords} of {box.finding!r} has a non-finite coordinate")
+    if not (box.x1 < box.x2 and box.y1 < box.y2):
+        raise DataError(
+            f"{where}: box {coords} of {box.finding!r} is empty or inverted (needs x1 < x2, y1 < y2)"
+        )
+    if box.x1 < 0 or box.y1 < 0 or box.x2 > width or box.y2 > height:
+        raise DataError(
+            f"{where}: box {coords} of {box.finding!r} lies outside the {width}x{height} image"
+        )
+
+
+def _to_row(record: Record) -> dict[str, Any]:
+    return {
+        "image_id": record.image_id,
+        "source": record.source,
+        "path": str(record.path),
+        "patient_id": str(record.patient_id),
+        "view": record.view,
+        "split": record.split,
+        "labels": list(record.labels.items()),
+        "boxes": [
+            {
+                "finding": b.finding,
+                "x1": b.x1,
+                "y1": b.y1,
+                "x2": b.x2,
+                "y2": b.y2,
+                "reader": b.reader,
+            }
+            for b in record.boxes
+        ],
+        "mask_paths": list(record.mask_paths.items()),
+        "width": int(record.width),
+        "height": int(record.height),
+        "meta": json.dumps(record.meta, sort_keys=True, default=str),
+    }
+
+
+def _from_row(row: dict[str, Any]) -> Record:
+    return Record(
+        image_id=row["image_id"],
+        source=row["source"],
+        path=row["path"],
+        patient_id=row["patient_id"],
+        view=row["view"],
+        split=row["split"],
+        labels={k: int(v) for k, v in (row["labels"] or [])},
+        boxes=[Box(**b) for b in (row["boxes"] or [])],
+        mask_paths=dict(row["mask_paths"] or []),
+        width=int(row["width"]),
+        height=int(row["height"]),
+        meta=json.loads(row["meta"]) if row["meta"] else {},
+    )
+
+
+def write_manifest(records: Iterable[Record], path: str | Path) -> Path:
+    """Validate and write records as Parquet, atomically (temp file + rename).
+
+    Raises :class:`DataError` on an invalid record or a duplicate ``image_id``.
+    """
+    path = Path(path)
+    rows, seen = [], set()
+    for i, record in enumerate(records):
+        record.validate(where=f"record {i}")
+        if record.image_id in seen:
+            raise DataError(f"record {i}: duplicate image_id {record.image_id!r}")
+        seen.add(record.image_id)
+        rows.append(_to_row(record))
+    table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(
+        {"cxrkit_manifest_version": MANIFEST_VERSION}
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: str | Path) -> list[Record]:
+    """Read a manifest written by :func:`write_manifest`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(
+            f"{path}: manifest not found (make one with `cxrkit prepare ... --out {path}`)"
+        )
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet manifest ({exc})") from exc
+    missing = [name for name in SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: manifest lacks columns {missing}")
+    return [_from_row(row) for row in table.select(SCHEMA.names).to_pylist()]
+
+
+def findings_of(records: Sequence[Record]) -> list[str]:
+    """Every finding named in labels or boxes, sorted."""
+    names = {f for r in records for f in r.labels} | {b.finding for r in records for b in r.boxes}
+    return sorted(names)
