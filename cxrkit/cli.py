@@ -1,9 +1,10 @@
 """The ``cxrkit`` command: one subcommand per stage.
 
-Each subcommand lives beside the code it drives, in a module with a ``register(subparsers)`` function
-that adds its parser and sets ``func`` (called with the parsed arguments, returning an exit code).
-Heavy imports (torch, Lightning) happen inside those functions so ``cxrkit --help`` stays quick.
-Errors a user can cause (:class:`cxrkit.errors.CxrkitError`) are printed as one message, no traceback.
+Each subcommand lives beside the code it drives, in a module with a ``register(subparsers)``
+function that adds its parser and sets ``func`` (called with the parsed arguments, returning an exit
+code). Heavy imports (torch, Lightning) happen inside those functions so ``cxrkit --help`` stays
+quick. Errors a user can cause (:class:`cxrkit.errors.CxrkitError`) are printed as one message,
+without a traceback.
 """
 
 from __future__ import annotations

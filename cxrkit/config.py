@@ -1,4 +1,4 @@
-"""Typed configuration: dataclass defaults are the truth, YAML files and ``key=value`` override them.
+"""Typed configuration: dataclass defaults are the truth; YAML files and ``key=value`` override.
 
 Every stage defines one top-level dataclass (for example ``cxrkit.pretrain.config.PretrainConfig``)
 built from the shared pieces here. :func:`load` merges, in order, the dataclass defaults, each YAML
@@ -162,7 +162,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def save(config: Any, path: str | Path) -> Path:
-    """Write the resolved config as YAML, atomically. Loading it back with :func:`load` gives it again."""
+    """Write the resolved config as YAML, atomically; :func:`load` of that file gives it back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

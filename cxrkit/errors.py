@@ -16,7 +16,7 @@ class ConfigError(CxrkitError):
 
 
 class DataError(CxrkitError):
-    """Malformed dataset input: a CSV missing a column, an unknown class, a box outside its image."""
+    """Malformed dataset input: a CSV missing a column, an unknown class, a box off its image."""
 
 
 class ImageReadError(DataError):
@@ -29,3 +29,7 @@ class DicomReadError(ImageReadError):
 
 class MissingFileError(CxrkitError):
     """A file the user must provide (weights, manifest, checkpoint) is not there."""
+
+
+class NonFiniteLossError(CxrkitError):
+    """A loss became NaN or infinite; the message names the step, the term and the images."""

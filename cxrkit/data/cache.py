@@ -10,11 +10,11 @@ Layout of a cache directory (written by :mod:`cxrkit.data.preprocess`, read here
     errors.csv                        items skipped with --on-error skip: image_id, path, reason
 
 ``<key>`` is the image id made filename-safe, ``<xx>`` two hex digits spreading files over folders.
-An item is finished when its sidecar exists (written last, atomically); the index is rebuilt from the
-sidecars at the end of every run, so a killed run resumes by skipping finished items.
+An item is finished when its sidecar exists (written last, atomically); the index is rebuilt from
+the sidecars at the end of every run, so a killed run resumes by skipping finished items.
 
-Geometry: an original image of ``orig_width x orig_height`` is zero-padded by ``pad_left``/``pad_top``
-(and right/bottom) and resized by ``scale_x``/``scale_y``, so for any point::
+Geometry: an original image of ``orig_width x orig_height`` is zero-padded by ``pad_left`` and
+``pad_top`` (and right/bottom) and resized by ``scale_x``/``scale_y``, so for any point::
 
     x_cache = (x_orig + pad_left) * scale_x        x_orig = x_cache / scale_x - pad_left
 """
@@ -125,8 +125,9 @@ def read_png(path: Path) -> np.ndarray:
 class Cache:
     """Read-only view of a finished cache directory.
 
-    ``load(image_id)`` returns uint8 (height, width) in cache pixels; ``geometry(image_id)`` maps boxes
-    between original and cache pixels; ``load_mask(image_id, name)`` returns uint8 {0, 255} or None.
+    ``load(image_id)`` returns uint8 (height, width) in cache pixels; ``geometry(image_id)`` maps
+    boxes between original and cache pixels; ``load_mask(image_id, name)`` returns uint8 {0, 255}
+    or None.
     """
 
     def __init__(self, root: str | Path) -> None:

@@ -89,7 +89,7 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, *, where: str = "") -> None:
-        """Raise :class:`DataError` naming ``where`` (file and row) if the record breaks a contract."""
+        """Raise :class:`DataError` naming ``where`` (file and row) if a contract is broken."""
         at = f"{where}: " if where else ""
         name = f"image {self.image_id!r}"
         if not self.image_id:
@@ -108,13 +108,14 @@ class Record:
 
 
 def check_box(box: Box, *, width: int, height: int, where: str) -> None:
-    """Raise :class:`DataError` if ``box`` is degenerate, non-finite or outside a width x height image."""
+    """Raise :class:`DataError` if ``box`` is degenerate, non-finite or outside the image."""
     coords = box.xyxy
     if not all(math.isfinite(c) for c in coords):
         raise DataError(f"{where}: box {coords} of {box.finding!r} has a non-finite coordinate")
     if not (box.x1 < box.x2 and box.y1 < box.y2):
         raise DataError(
-            f"{where}: box {coords} of {box.finding!r} is empty or inverted (needs x1 < x2, y1 < y2)"
+            f"{where}: box {coords} of {box.finding!r} is empty or inverted "
+            "(needs x1 < x2 and y1 < y2)"
         )
     if box.x1 < 0 or box.y1 < 0 or box.x2 > width or box.y2 > height:
         raise DataError(

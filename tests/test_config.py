@@ -1,0 +1,69 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from cxrkit import config
+from cxrkit.errors import ConfigError, MissingFileError
+
+
+@dataclass
+class StageConfig:
+    output_dir: str = "runs/x"
+    data: config.DataConfig = field(default_factory=config.DataConfig)
+    trainer: config.TrainerConfig = field(default_factory=config.TrainerConfig)
+    findings: list[str] = field(default_factory=lambda: ["Effusion", "Nodule"])
+
+
+def test_defaults_then_yaml_then_overrides(tmp_path):
+    yaml_file = tmp_path / "a.yaml"
+    yaml_file.write_text(
+        "data:\n  batch_size: 8\n  preprocess:\n    size: 256\ntrainer:\n  max_steps: 5\n"
+    )
+    cfg = config.load(
+        StageConfig, files=[yaml_file], overrides=["trainer.max_steps=7", "findings=[A,B,C]"]
+    )
+    assert isinstance(cfg, StageConfig) and isinstance(cfg.data.preprocess, config.PreprocessConfig)
+    assert cfg.data.batch_size == 8  # from YAML
+    assert cfg.data.preprocess.size == 256  # nested YAML
+    assert cfg.trainer.max_steps == 7  # override beats YAML
+    assert cfg.findings == ["A", "B", "C"]
+    assert cfg.data.num_workers == config.DataConfig().num_workers  # untouched default
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("data.bogus=1", "bogus"),
+        ("nope=3", "nope"),
+        ("data.batch_size=abc", "data.batch_size"),
+        ("data.on_error=maybe", "on_error"),
+        ("trainer.precision=8", "precision"),
+        ("data.preprocess.clip_low=99.9", "clip_low"),
+        ("novalue", "key=value"),
+    ],
+)
+def test_bad_keys_and_values_fail_naming_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        config.load(StageConfig, overrides=[override])
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*max_stepz"):
+        config.load(StageConfig, files=[bad])
+
+
+def test_missing_and_malformed_yaml(tmp_path):
+    with pytest.raises(MissingFileError, match="nothere.yaml"):
+        config.load(StageConfig, files=[tmp_path / "nothere.yaml"])
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        config.load(StageConfig, files=[tmp_path / "list.yaml"])
+
+
+def test_saved_config_loads_back_identical(tmp_path):
+    cfg = config.load(StageConfig, overrides=["data.manifest=m.parquet", "trainer.seed=3"])
+    path = config.save(cfg, tmp_path / "run" / "config.yaml")
+    assert config.load(StageConfig, files=[path]) == cfg
+    assert not list((tmp_path / "run").glob(".*tmp*"))  # atomic write left no temp file
