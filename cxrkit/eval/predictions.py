@@ -1,0 +1,331 @@
+"""Predictions files: the one format every stage writes and :mod:`cxrkit.eval` reads.
+
+A predictions file is CSV or Parquet (chosen by the suffix: ``.csv``, ``.parquet``, ``.pq``), one
+row per score, in one of three kinds:
+
+- ``classification``: ``image_id, finding, score``. One row per (image, finding); ``score`` is any
+  real number that ranks images (a probability or a logit). Duplicated pairs are an error.
+- ``detection``: ``image_id, finding, score, x1, y1, x2, y2``. One row per box, in **original pixel
+  coordinates** of the manifest image (x1 < x2, y1 < y2). An image with no row had no detection.
+- ``screening``: ``image_id, score`` with ``score`` the probability (or any monotone score) of
+  *abnormal*; ``image_id, finding, score`` with every ``finding`` equal to ``abnormal`` is accepted
+  too and normalised to the two-column form. One row per image.
+
+:func:`read_predictions` and :func:`validate_predictions` check the columns and values and raise
+:class:`cxrkit.errors.DataError` naming the file, the rows and the problem. Rows with a NaN score or
+an invalid box are an error unless ``allow_missing=True``; then they are dropped and counted in the
+returned :class:`Issues`, which every report prints. :func:`match_ids` compares the image ids of the
+predictions with those of the manifest in the same spirit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrkit.errors import ConfigError, DataError, MissingFileError
+
+KINDS = ("classification", "detection", "screening")
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "classification": ("image_id", "finding", "score"),
+    "detection": ("image_id", "finding", "score", "x1", "y1", "x2", "y2"),
+    "screening": ("image_id", "score"),
+}
+SCREENING_FINDING = "abnormal"
+PARQUET_SUFFIXES = (".parquet", ".pq")
+N_EXAMPLES = 5  # how many offending ids or rows an error message quotes
+
+
+@dataclass
+class Issues:
+    """Problems found while matching predictions to a manifest, kept for the report.
+
+    ``counts`` maps a problem name (``nan_scores``, ``ids_not_in_manifest``, ...) to how many rows
+    or images had it; ``examples`` to a few of them. Under ``allow_missing`` the rows are dropped
+    and the problem is only recorded here; otherwise the first problem raises :class:`DataError`.
+    """
+
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, name: str, items: Sequence[object]) -> None:
+        if len(items) == 0:
+            return
+        self.counts[name] = self.counts.get(name, 0) + len(items)
+        self.examples.setdefault(name, [])
+        room = N_EXAMPLES - len(self.examples[name])
+        self.examples[name].extend(str(x) for x in list(items)[: max(room, 0)])
+
+    def merge(self, other: Issues) -> None:
+        for name, count in other.counts.items():
+            self.counts[name] = self.counts.get(name, 0) + count
+            self.examples.setdefault(name, []).extend(other.examples.get(name, []))
+            self.examples[name] = self.examples[name][:N_EXAMPLES]
+
+    def to_dict(self) -> dict[str, dict[str, object]]:
+        return {
+            name: {"count": count, "examples": self.examples.get(name, [])}
+            for name, count in self.counts.items()
+        }
+
+
+def _examples(items: Iterable[object]) -> str:
+    items = list(items)
+    shown = ", ".join(repr(x) for x in items[:N_EXAMPLES])
+    more = f", ... ({len(items)} in all)" if len(items) > N_EXAMPLES else ""
+    return shown + more
+
+
+def report_or_raise(
+    issues: Issues,
+    name: str,
+    items: Sequence[object],
+    *,
+    message: str,
+    allow_missing: bool,
+    source: str,
+) -> None:
+    """Record ``items`` under ``name`` when ``allow_missing``, else raise a :class:`DataError`.
+
+    ``message`` says what is wrong in a few words, e.g. ``"image ids are not in the manifest"``.
+    """
+    if len(items) == 0:
+        return
+    if not allow_missing:
+        raise DataError(
+            f"{source}: {len(items)} {message} (examples: {_examples(items)}); pass "
+            "--allow-missing (allow_missing=True) to score the rest and report them"
+        )
+    issues.add(name, items)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"predictions kind {kind!r} is not one of {KINDS}")
+
+
+def _row_names(df: pd.DataFrame, mask: np.ndarray, *, csv: bool) -> list[str]:
+    # CSV line numbers count the header as line 1; Parquet rows count from 0 like pandas.
+    positions = np.flatnonzero(mask)
+    return [f"line {p + 2}" if csv else f"row {p}" for p in positions]
+
+
+def validate_predictions(
+    df: pd.DataFrame,
+    *,
+    kind: str,
+    allow_missing: bool = False,
+    source: str = "predictions",
+    csv_lines: bool = False,
+) -> tuple[pd.DataFrame, Issues]:
+    """Check a predictions table and return it in canonical form, with the problems found.
+
+    Args:
+        df: the table; extra columns are ignored.
+        kind: ``classification``, ``detection`` or ``screening`` (see the module docstring).
+        allow_missing: drop rows with a NaN score or an invalid box and record them instead of
+            raising.
+        source: the file name (or a description) used in messages.
+        csv_lines: number offending rows as CSV lines (header = line 1) rather than row indices.
+
+    Returns:
+        The table with exactly :data:`COLUMNS` ``[kind]``: ``image_id`` and ``finding`` as ``str``,
+        ``score`` and box coordinates as ``float64``, index reset; and the :class:`Issues`.
+
+    Raises:
+        DataError: a missing column, a non-numeric value, an empty id, a NaN score or an invalid
+            box (the last two unless ``allow_missing``), a screening finding other than
+            ``abnormal``, or a duplicated (image, finding) pair in a classification table.
+    """
+    _check_kind(kind)
+    issues = Issues()
+    df = df.copy()
+    if kind == "screening" and "finding" in df.columns:
+        others = sorted({str(f) for f in df["finding"].dropna().unique()} - {SCREENING_FINDING})
+        if others:
+            raise DataError(
+                f"{source}: screening predictions carry one score per image; the column "
+                f"'finding' must be {SCREENING_FINDING!r} everywhere, found {_examples(others)}"
+            )
+    columns = COLUMNS[kind]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{source}: {kind} predictions need columns {list(columns)}; missing {missing} "
+            f"(found {list(df.columns)})"
+        )
+    df = df.loc[:, list(columns)].reset_index(drop=True)
+    for name in ("image_id", "finding"):
+        if name not in columns:
+            continue
+        empty = df[name].isna().to_numpy() | (df[name].astype(str).str.strip() == "").to_numpy()
+        if empty.any():
+            raise DataError(
+                f"{source}: empty {name} at {_examples(_row_names(df, empty, csv=csv_lines))}"
+            )
+        df[name] = df[name].astype(str)
+    for name in columns[2 if kind != "screening" else 1 :]:
+        numeric = pd.to_numeric(df[name], errors="coerce")
+        bad = numeric.isna().to_numpy() & df[name].notna().to_numpy()
+        if bad.any():
+            raise DataError(
+                f"{source}: column {name!r} is not numeric at "
+                f"{_examples(_row_names(df, bad, csv=csv_lines))}"
+            )
+        df[name] = numeric.astype("float64")
+
+    drop = np.zeros(len(df), dtype=bool)
+    nan_score = ~np.isfinite(df["score"].to_numpy())
+    report_or_raise(
+        issues,
+        "nan_scores",
+        _row_names(df, nan_score, csv=csv_lines),
+        message="rows have a NaN or infinite score",
+        allow_missing=allow_missing,
+        source=source,
+    )
+    drop |= nan_score
+    if kind == "detection":
+        xyxy = df[["x1", "y1", "x2", "y2"]].to_numpy()
+        finite = np.isfinite(xyxy).all(axis=1)
+        with np.errstate(invalid="ignore"):
+            ordered = (xyxy[:, 0] < xyxy[:, 2]) & (xyxy[:, 1] < xyxy[:, 3])
+        bad_box = ~(finite & ordered) & ~drop
+        report_or_raise(
+            issues,
+            "invalid_boxes",
+            _row_names(df, bad_box, csv=csv_lines),
+            message="rows have a non-finite, empty or inverted box (needs x1 < x2, y1 < y2)",
+            allow_missing=allow_missing,
+            source=source,
+        )
+        drop |= bad_box
+    df = df.loc[~drop].reset_index(drop=True)
+
+    if kind in ("classification", "screening"):
+        keys = ["image_id", "finding"] if kind == "classification" else ["image_id"]
+        dup = df.duplicated(keys, keep=False).to_numpy()
+        if dup.any():
+            pairs = df.loc[dup, keys].drop_duplicates().astype(str).agg("/".join, axis=1)
+            raise DataError(
+                f"{source}: {len(pairs)} {'/'.join(keys)} keys appear more than once "
+                f"(examples: {_examples(pairs.tolist())}); keep one score per key"
+            )
+    return df, issues
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in PARQUET_SUFFIXES
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix.lower() not in (".csv", *PARQUET_SUFFIXES):
+        raise DataError(
+            f"{path}: predictions files are CSV (.csv) or Parquet (.parquet, .pq); "
+            f"cannot tell the format of suffix {path.suffix!r}"
+        )
+
+
+def read_predictions(
+    path: str | Path, *, kind: str, allow_missing: bool = False
+) -> tuple[pd.DataFrame, Issues]:
+    """Read and validate a predictions file (CSV or Parquet by suffix).
+
+    ``image_id`` and ``finding`` are read as text (ids such as ``00012`` keep their zeros). See
+    :func:`validate_predictions` for the checks and the returned table.
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+        DataError: unreadable file or invalid content, naming the file and the rows.
+    """
+    path = Path(path)
+    _check_kind(kind)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: predictions file not found")
+    _check_suffix(path)
+    try:
+        if _is_parquet(path):
+            df = pd.read_parquet(path)
+        else:
+            # ids and findings stay text ("00012", even "NA"); only numbers may be missing
+            numeric = ("score", "x1", "y1", "x2", "y2")
+            df = pd.read_csv(
+                path,
+                dtype={"image_id": str, "finding": str},
+                keep_default_na=False,
+                na_values={c: ["", "nan", "NaN", "NA", "null", "None"] for c in numeric},
+            )
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read predictions ({exc})") from exc
+    return validate_predictions(
+        df,
+        kind=kind,
+        allow_missing=allow_missing,
+        source=str(path),
+        csv_lines=not _is_parquet(path),
+    )
+
+
+def write_predictions(df: pd.DataFrame, path: str | Path, *, kind: str) -> Path:
+    """Validate ``df`` strictly and write it atomically (temp file + rename) as CSV or Parquet.
+
+    The format follows the suffix of ``path``; the columns written are exactly
+    :data:`COLUMNS` ``[kind]``, in that order.
+    """
+    path = Path(path)
+    _check_suffix(path)
+    clean, _ = validate_predictions(df, kind=kind, allow_missing=False, source=str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        if _is_parquet(path):
+            clean.to_parquet(tmp, index=False)
+        else:
+            clean.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def match_ids(
+    predicted_ids: Iterable[str],
+    manifest_ids: Iterable[str],
+    *,
+    allow_missing: bool,
+    issues: Issues,
+    source: str = "predictions",
+    require_all: bool = True,
+) -> set[str]:
+    """Compare the image ids of predictions and manifest; return the ids to evaluate.
+
+    Ids predicted but absent from the manifest are always a problem (a wrong file or split). With
+    ``require_all``, manifest ids without any prediction are one too; detection passes ``False``
+    because an image without a row is an image without detections.
+    """
+    predicted = set(predicted_ids)
+    manifest = set(manifest_ids)
+    report_or_raise(
+        issues,
+        "ids_not_in_manifest",
+        sorted(predicted - manifest),
+        message="predicted image ids are not in the manifest (wrong manifest or predictions?)",
+        allow_missing=allow_missing,
+        source=source,
+    )
+    if require_all:
+        report_or_raise(
+            issues,
+            "manifest_ids_without_prediction",
+            sorted(manifest - predicted),
+            message="manifest images have no prediction (restrict the manifest with --split?)",
+            allow_missing=allow_missing,
+            source=source,
+        )
+        return predicted & manifest
+    return manifest

@@ -1,0 +1,319 @@
+"""Normal-vs-abnormal screening: the "definite normal" question of the screening thesis.
+
+The model gives one score per image, the probability of *abnormal*; an image scoring below the
+threshold is called normal and may leave the radiologist's worklist, so the misses that matter are
+abnormal images called normal. The reference comes from the manifest labels:
+
+- abnormal: any finding labelled 1, other than "No Finding" / "No finding";
+- normal: "No Finding" labelled 1, or every finding labelled 0;
+- unknown (no label at all): left out and counted.
+
+Misses are broken down by **risk group**: a finding -> group table (critical, urgent, non-urgent,
+cardiomegaly by default; see :data:`DEFAULT_RISK_GROUPS`, or a YAML file of the same shape through
+:func:`load_risk_groups`). Findings in no group fall in ``other``. An image counts in every group
+of its findings, and once in the breakdown by its most severe group (the groups' order).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy import stats
+
+from cxrkit.data.records import Record
+from cxrkit.errors import ConfigError, DataError, MissingFileError
+from cxrkit.eval import bootstrap, classification
+from cxrkit.eval.predictions import Issues, match_ids, validate_predictions
+
+NO_FINDING = "no finding"  # compared after normalisation: "No Finding" (NIH), "No finding" (VinDr)
+OTHER_GROUP = "other"
+
+# The screening thesis groups 13 findings into critical / urgent / non-urgent / cardiomegaly. Its
+# table is not public, so this default follows the triage scheme of Annarumma et al., "Automated
+# triaging of adult chest radiographs", Radiology 2019 (critical > urgent > non-urgent), with
+# cardiomegaly kept apart as in the thesis. The 13 findings:
+#   critical: pneumothorax, pneumoperitoneum, pneumomediastinum
+#   urgent: consolidation, pleural effusion, mass, nodule, atelectasis, pulmonary oedema,
+#           interstitial opacity
+#   non-urgent: fibrosis, pleural thickening
+#   cardiomegaly: cardiomegaly
+# Each list also holds the spellings used by NIH ChestX-ray14, VinDr-CXR and ChestX-Det so that
+# their labels match without a custom file. Order = priority (most severe first).
+DEFAULT_RISK_GROUPS: dict[str, tuple[str, ...]] = {
+    "critical": (
+        "Pneumothorax",
+        "Pneumoperitoneum",
+        "Free air",
+        "Subdiaphragmatic free air",
+        "Pneumomediastinum",
+    ),
+    "urgent": (
+        "Consolidation",
+        "Pneumonia",
+        "Pleural effusion",
+        "Effusion",
+        "Mass",
+        "Nodule",
+        "Nodule/Mass",
+        "Atelectasis",
+        "Edema",
+        "Oedema",
+        "Pulmonary edema",
+        "Interstitial opacity",
+        "ILD",
+        "Infiltration",
+        "Infiltrate",
+        "Lung Opacity",
+    ),
+    "non-urgent": (
+        "Fibrosis",
+        "Pulmonary fibrosis",
+        "Pleural thickening",
+    ),
+    "cardiomegaly": ("Cardiomegaly",),
+}
+
+
+def normalise(name: str) -> str:
+    """Case-, space-, ``_`` and ``-``-insensitive spelling of a finding ("Pleural_Thickening")."""
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def check_risk_groups(groups: Mapping[str, Sequence[str]], *, source: str = "risk groups") -> None:
+    """Raise :class:`ConfigError` unless ``groups`` maps names to lists of findings, each once."""
+    if not isinstance(groups, Mapping) or not groups:
+        raise ConfigError(f"{source}: expected a mapping of group name -> list of findings")
+    seen: dict[str, str] = {}
+    for group, findings in groups.items():
+        if group == OTHER_GROUP:
+            raise ConfigError(f"{source}: {OTHER_GROUP!r} is reserved for unlisted findings")
+        if isinstance(findings, str) or not isinstance(findings, Sequence):
+            raise ConfigError(f"{source}: group {group!r} must list findings, got {findings!r}")
+        for finding in findings:
+            key = normalise(str(finding))
+            if key in seen and seen[key] != group:
+                raise ConfigError(
+                    f"{source}: finding {finding!r} is in both {seen[key]!r} and {group!r}"
+                )
+            seen[key] = group
+
+
+def load_risk_groups(path: str | Path) -> dict[str, tuple[str, ...]]:
+    """Read a YAML mapping ``group: [finding, ...]``; the order of the groups is their priority.
+
+    Example::
+
+        critical: [Pneumothorax, Pneumoperitoneum]
+        urgent: [Consolidation, Pleural effusion, Mass, Nodule]
+        non-urgent: [Fibrosis]
+        cardiomegaly: [Cardiomegaly]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: risk-group file not found")
+    try:
+        groups = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    check_risk_groups(groups, source=str(path))
+    return {str(g): tuple(str(f) for f in fs) for g, fs in groups.items()}
+
+
+def reference_abnormal(record: Record) -> bool | None:
+    """True (abnormal), False (normal) or None (no label) from a record's labels."""
+    labels = {normalise(f): v for f, v in record.labels.items()}
+    if any(v == 1 for f, v in labels.items() if f != NO_FINDING):
+        return True
+    if labels.get(NO_FINDING) == 1 or (labels and all(v == 0 for v in labels.values())):
+        return False
+    return None
+
+
+def clopper_pearson(successes: int, total: int, *, level: float) -> list[float] | None:
+    """Exact binomial interval of a proportion (scipy), None when ``total`` is 0."""
+    if total == 0:
+        return None
+    ci = stats.binomtest(successes, total).proportion_ci(confidence_level=level, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
+def _screening_scores(
+    predictions: pd.DataFrame,
+    records: Sequence[Record],
+    *,
+    allow_missing: bool,
+) -> tuple[list[Record], np.ndarray, np.ndarray, Issues, int]:
+    df, issues = validate_predictions(
+        predictions, kind="screening", allow_missing=allow_missing, source="predictions"
+    )
+    index = classification.records_by_id(records)
+    ids = sorted(match_ids(df["image_id"], index, allow_missing=allow_missing, issues=issues))
+    score_by_id = dict(zip(df["image_id"], df["score"], strict=True))
+    kept, y, s, unlabelled = [], [], [], []
+    for image_id in ids:
+        reference = reference_abnormal(index[image_id])
+        if reference is None:
+            unlabelled.append(image_id)
+            continue
+        kept.append(index[image_id])
+        y.append(1 if reference else 0)
+        s.append(score_by_id[image_id])
+    issues.add("images_without_labels", unlabelled)
+    return kept, np.array(y, dtype=np.int8), np.array(s, dtype=np.float64), issues, len(unlabelled)
+
+
+def _group_of(finding: str, lookup: Mapping[str, str]) -> str:
+    return lookup.get(normalise(finding), OTHER_GROUP)
+
+
+def evaluate(
+    predictions: pd.DataFrame,
+    records: Sequence[Record],
+    *,
+    threshold: float | None = None,
+    target_sensitivity: float | None = 0.99,
+    risk_groups: Mapping[str, Sequence[str]] | None = None,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    allow_missing: bool = False,
+    curves: bool = True,
+) -> dict[str, object]:
+    """Confusion matrix, sensitivity, specificity and misses by risk group.
+
+    Args:
+        predictions: ``image_id, score`` (or ``image_id, finding="abnormal", score``).
+        records: manifest records with labels.
+        threshold: operating point (``score >= threshold`` is abnormal). None: use the threshold
+            reaching ``target_sensitivity``.
+        target_sensitivity: also report the operating point at the highest threshold reaching this
+            sensitivity (the thesis screens at 0.99); None skips it (then ``threshold`` is needed).
+        risk_groups: group -> findings, most severe first (default :data:`DEFAULT_RISK_GROUPS`).
+        n_bootstrap, seed, level: the AUROC's patient bootstrap (0: off) and the confidence level
+            of every interval (exact Clopper-Pearson for sensitivity and specificity).
+        allow_missing: tolerate and report missing ids and NaN scores.
+        curves: include the ROC points.
+
+    Returns:
+        A JSON-able dict with ``kind``, ``settings``, ``counts``, ``auroc``, ``operating_points``
+        (``at_threshold`` and / or ``at_target_sensitivity``: the confusion matrix
+        ``ai_normal_ref_normal``, ``ai_normal_ref_abnormal``, ``ai_abnormal_ref_normal``,
+        ``ai_abnormal_ref_abnormal``, sensitivity, specificity, PPV, NPV with intervals, and
+        ``risk_groups`` with the misses of each group), ``issues`` and ``curves``.
+    """
+    bootstrap.check_settings(n_bootstrap=n_bootstrap, level=level)
+    if threshold is None and target_sensitivity is None:
+        raise ConfigError("give a threshold or a target sensitivity for the operating point")
+    groups = dict(DEFAULT_RISK_GROUPS if risk_groups is None else risk_groups)
+    check_risk_groups(groups)
+    lookup = {normalise(f): g for g, fs in groups.items() for f in fs}
+    order = [*groups, OTHER_GROUP]
+    kept, y, s, issues, n_unlabelled = _screening_scores(
+        predictions, records, allow_missing=allow_missing
+    )
+    if y.size == 0:
+        raise DataError("no predicted image has a reference label")
+    value = classification.auroc(y_true=y, y_score=s)
+    replicates = None
+    if n_bootstrap and y.size:
+        weights = bootstrap.iter_patient_weights(
+            groups=[r.patient_id for r in kept], n_bootstrap=n_bootstrap, seed=seed
+        )
+        replicates = np.concatenate(
+            [classification.weighted_auroc(y_true=y, y_score=s, weights=w) for w in weights]
+        )
+    findings_of = [
+        sorted({f for f, v in r.labels.items() if v == 1 and normalise(f) != NO_FINDING})
+        for r in kept
+    ]
+
+    def operating_point(t: float) -> dict[str, object]:
+        m = classification.threshold_metrics(y_true=y, y_score=s, threshold=t)
+        missed = (s < t) & (y == 1)
+        by_group: dict[str, dict[str, object]] = {
+            g: {"n_abnormal": 0, "n_missed": 0, "missed_examples": []} for g in order
+        }
+        worst: dict[str, int] = dict.fromkeys(order, 0)
+        for i, record in enumerate(kept):
+            if y[i] != 1:
+                continue
+            image_groups = {_group_of(f, lookup) for f in findings_of[i]}
+            for g in image_groups:
+                by_group[g]["n_abnormal"] += 1
+                if missed[i]:
+                    by_group[g]["n_missed"] += 1
+                    if len(by_group[g]["missed_examples"]) < 10:
+                        by_group[g]["missed_examples"].append(record.image_id)
+            if missed[i]:
+                worst[min(image_groups, key=order.index)] += 1
+        for entry in by_group.values():
+            n, k = entry["n_abnormal"], entry["n_missed"]
+            entry["miss_rate"] = k / n if n else math.nan
+        return {
+            "threshold": float(t),
+            "ai_normal_ref_normal": m["tn"],
+            "ai_normal_ref_abnormal": m["fn"],
+            "ai_abnormal_ref_normal": m["fp"],
+            "ai_abnormal_ref_abnormal": m["tp"],
+            "sensitivity": {
+                "value": m["sensitivity"],
+                "ci": clopper_pearson(m["tp"], m["tp"] + m["fn"], level=level),
+            },
+            "specificity": {
+                "value": m["specificity"],
+                "ci": clopper_pearson(m["tn"], m["tn"] + m["fp"], level=level),
+            },
+            "ppv": {
+                "value": m["ppv"],
+                "ci": clopper_pearson(m["tp"], m["tp"] + m["fp"], level=level),
+            },
+            "npv": {
+                "value": m["npv"],
+                "ci": clopper_pearson(m["tn"], m["tn"] + m["fn"], level=level),
+            },
+            "ai_normal_fraction": float(np.mean(s < t)),
+            "risk_groups": by_group,
+            "misses_by_most_severe_group": worst,
+        }
+
+    points: dict[str, object] = {}
+    if threshold is not None:
+        points["at_threshold"] = operating_point(threshold)
+    if target_sensitivity is not None:
+        if (y == 1).any():
+            t = classification.threshold_for_sensitivity(
+                y_true=y, y_score=s, target=target_sensitivity
+            )
+            points["at_target_sensitivity"] = {"target": target_sensitivity, **operating_point(t)}
+        else:
+            issues.add("no_abnormal_image_for_target_sensitivity", ["all reference images normal"])
+    unlisted = sorted({f for fs in findings_of for f in fs if _group_of(f, lookup) == OTHER_GROUP})
+    return {
+        "kind": "screening",
+        "settings": {
+            "threshold": threshold,
+            "target_sensitivity": target_sensitivity,
+            "n_bootstrap": n_bootstrap,
+            "seed": seed,
+            "level": level,
+            "risk_groups": {g: list(fs) for g, fs in groups.items()},
+            "findings_in_other_group": unlisted,
+        },
+        "counts": {
+            "n_images": int(y.size),
+            "n_abnormal": int((y == 1).sum()),
+            "n_normal": int((y == 0).sum()),
+            "n_unlabelled": n_unlabelled,
+            "n_patients": len({r.patient_id for r in kept}),
+        },
+        "auroc": bootstrap.estimate(value, replicates, level=level),
+        "operating_points": points,
+        "issues": issues.to_dict(),
+        "curves": {"roc": classification.roc_points(y_true=y, y_score=s)} if curves else {},
+    }
