@@ -1,0 +1,244 @@
+"""DICOM -> float32 display image + metadata.
+
+The pixel pipeline follows the DICOM grayscale display chain (PS3.3 C.11 and C.7.6.3.1.2): stored
+values -> Modality LUT (rescale slope/intercept or a LUT) -> VOI LUT or window -> presentation
+(MONOCHROME1 inverted so that **higher = brighter = denser**, as a radiologist sees it). Percentile
+clipping, CLAHE and resizing are *not* done here; they belong to :mod:`cxrkit.data.preprocess`.
+
+Compressed transfer syntaxes (JPEG baseline/lossless, JPEG-LS, JPEG 2000, HTJ2K) are decoded by the
+pylibjpeg plugins (or GDCM / Pillow where pydicom can use them); a missing plugin gives an error
+that names the package to install.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
+from pydicom.pixels import apply_voi_lut as pydicom_apply_voi_lut
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from cxrkit.errors import DicomReadError
+
+# ViewPosition (0018,5101) -> cxrkit view. The standard's defined terms are AP, PA, LL, RL, RLD,
+# LLD, RLO, LLO; cxrkit's "LL" means "a lateral projection", so both laterals map to it. Decubitus
+# and oblique views, and anything non-standard, are "unknown" rather than guessed.
+_VIEW_MAP = {"PA": "PA", "AP": "AP", "LL": "LL", "RL": "LL", "LATERAL": "LL", "LAT": "LL"}
+
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+# Transfer syntax UID prefix -> the pylibjpeg plugin that decodes it (what a user should install).
+_CODEC_PACKAGES = {
+    "1.2.840.10008.1.2.4.5": "pylibjpeg-libjpeg",  # JPEG baseline / extended (.50, .51)
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg",  # JPEG lossless
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.8": "pylibjpeg-libjpeg",  # JPEG-LS (.80, .81)
+    "1.2.840.10008.1.2.4.9": "pylibjpeg-openjpeg",  # JPEG 2000 (.90, .91)
+    "1.2.840.10008.1.2.4.20": "pylibjpeg-openjpeg",  # HTJ2K (.201, .202, .203)
+    "1.2.840.10008.1.2.5": "pylibjpeg-rle",  # RLE lossless
+}
+
+
+def _codec_package(uid: str) -> str:
+    for prefix in sorted(_CODEC_PACKAGES, key=len, reverse=True):
+        if uid.startswith(prefix):
+            return _CODEC_PACKAGES[prefix]
+    return "pylibjpeg with its plugins, or python-gdcm"
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DicomReadError(f"{path}: file not found")
+    if not path.is_file():
+        raise DicomReadError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise DicomReadError(f"{path}: empty file")
+
+
+def _read_dataset(path: Path, *, stop_before_pixels: bool) -> Dataset:
+    """dcmread, strict first; a preamble-less file is accepted only if it looks like an image."""
+    _check_file(path)
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        return _read_without_preamble(path, stop_before_pixels=stop_before_pixels)
+    except Exception as exc:  # pydicom raises many types on corrupt input; all mean the same here
+        raise DicomReadError(f"{path}: corrupt DICOM file ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_without_preamble(path: Path, *, stop_before_pixels: bool) -> Dataset:
+    # Some archives write raw datasets without the 128-byte preamble and "DICM" marker. force=True
+    # parses anything, so only accept the result when it carries the image module's Rows/Columns.
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        looks_like_image = "Rows" in ds and "Columns" in ds and int(ds.Rows) > 0
+    except Exception:  # random bytes fail in arbitrary ways; all mean "not DICOM"
+        looks_like_image = False
+    if not looks_like_image:
+        raise DicomReadError(f"{path}: not a DICOM file") from None
+    if not _transfer_syntax(ds):
+        # Without file meta the decoder needs the encoding the parser detected.
+        implicit, little = ds.original_encoding
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if implicit
+            else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        )
+    return ds
+
+
+def _view(ds: Dataset) -> str:
+    raw = str(ds.get("ViewPosition", "") or "").strip().upper()
+    return _VIEW_MAP.get(raw, "unknown")
+
+
+def _pixel_spacing(ds: Dataset) -> list[float] | None:
+    """[row, col] spacing in mm; None when absent or meaningless (0 is written by some devices)."""
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(tag)
+        if value is None:
+            continue
+        try:
+            spacing = [float(v) for v in value]
+        except (TypeError, ValueError):
+            continue
+        if len(spacing) == 2 and all(s > 0 for s in spacing):
+            return spacing
+    return None
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    return str(uid) if uid else ""
+
+
+def _header(ds: Dataset) -> dict[str, Any]:
+    def text(tag: str) -> str:
+        return str(ds.get(tag, "") or "").strip()
+
+    def integer(tag: str) -> int | None:
+        value = ds.get(tag)
+        return int(value) if value not in (None, "") else None
+
+    return {
+        "view": _view(ds),
+        "view_position": text("ViewPosition"),
+        "pixel_spacing": _pixel_spacing(ds),
+        "photometric": text("PhotometricInterpretation"),
+        "bits_stored": integer("BitsStored"),
+        "rows": integer("Rows"),
+        "columns": integer("Columns"),
+        "number_of_frames": integer("NumberOfFrames") or 1,
+        "samples_per_pixel": integer("SamplesPerPixel") or 1,
+        "patient_id": text("PatientID"),
+        "sop_instance_uid": text("SOPInstanceUID"),
+        "modality": text("Modality"),
+        "transfer_syntax": _transfer_syntax(ds),
+    }
+
+
+def read_dicom_header(path: str | Path) -> dict[str, Any]:
+    """Read a DICOM file's metadata without decoding its pixels (fast: stops before PixelData).
+
+    Returns:
+        ``view`` (``PA``/``AP``/``LL``/``unknown``), ``view_position`` (the raw tag),
+        ``pixel_spacing`` ([row, col] mm or None), ``photometric``, ``bits_stored``, ``rows``,
+        ``columns``, ``number_of_frames``, ``samples_per_pixel``, ``patient_id``,
+        ``sop_instance_uid``, ``modality``, ``transfer_syntax`` (UID string).
+
+    Raises:
+        DicomReadError: missing, empty or non-DICOM file.
+    """
+    path = Path(path)
+    return _header(_read_dataset(path, stop_before_pixels=True))
+
+
+def _decode_first_frame(ds: Dataset, path: Path) -> np.ndarray:
+    uid = _transfer_syntax(ds)
+    if uid:
+        name = UID(uid).name
+        try:
+            decoder = get_decoder(uid)
+        except NotImplementedError:
+            raise DicomReadError(
+                f"{path}: transfer syntax {name} ({uid}) is not supported by pydicom"
+            ) from None
+        if not decoder.is_available:
+            package = _codec_package(uid)
+            raise DicomReadError(
+                f"{path}: transfer syntax {name} ({uid}) needs {package} (pip install {package})"
+            )
+    try:
+        # index=0 decodes only the first frame of a multi-frame file, not the whole cine.
+        return pixel_array(ds, index=0)
+    except Exception as exc:  # decoders raise RuntimeError, ValueError, OSError... on corrupt data
+        raise DicomReadError(
+            f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def read_dicom(
+    path: str | Path, *, apply_voi_lut: bool = True
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a DICOM image as it should be displayed, before any contrast processing.
+
+    Steps: decode the first frame; Modality LUT (rescale slope/intercept or LUT); VOI LUT or the
+    first window (only if the header has one and ``apply_voi_lut``); colour images (secondary
+    captures) are reduced to luminance; MONOCHROME1 is inverted (``max + min - x``) *after*
+    windowing, because the window is defined on the stored polarity.
+
+    Args:
+        path: the DICOM file.
+        apply_voi_lut: apply the header's VOI LUT / window (the acquisition's intended display).
+
+    Returns:
+        ``image``: float32 (rows, columns), higher = brighter; values in modality/VOI units (not
+        normalised). ``meta``: :func:`read_dicom_header` fields plus ``frame`` (always 0: the frame
+        returned), ``voi_applied`` (bool) and ``inverted`` (bool).
+
+    Raises:
+        DicomReadError: missing/empty/non-DICOM file, no pixel data, missing codec, corrupt data.
+    """
+    path = Path(path)
+    ds = _read_dataset(path, stop_before_pixels=False)
+    meta = _header(ds)
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        raise DicomReadError(f"{path}: no pixel data (is this a structured report or a header?)")
+
+    stored = _decode_first_frame(ds, path)
+    if stored.ndim == 3 and meta["samples_per_pixel"] == 3:
+        # Colour secondary captures: pydicom converts YBR to RGB; LUTs do not apply to colour data.
+        rgb = stored.astype(np.float32)
+        image = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        meta.update(frame=0, voi_applied=False, inverted=False)
+        return np.ascontiguousarray(image, dtype=np.float32), meta
+    if stored.ndim != 2:
+        raise DicomReadError(
+            f"{path}: expected a single-channel image, got pixel array of shape {stored.shape}"
+        )
+
+    values = apply_modality_lut(stored, ds)
+    has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
+    voi_applied = bool(apply_voi_lut and has_voi)
+    if voi_applied:
+        # A VOI LUT Sequence wins over windowing (prefer_lut); index=0 takes the first of several
+        # windows, the one the acquisition designated as default.
+        values = pydicom_apply_voi_lut(values, ds, index=0, prefer_lut=True)
+    image = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(image).all():
+        raise DicomReadError(f"{path}: pixel data contains NaN or infinite values")
+
+    inverted = meta["photometric"] == "MONOCHROME1"
+    if inverted:
+        # MONOCHROME1: minimum value = white. Flip within the image's own range so that
+        # display values stay in the same units and range.
+        image = np.float32(image.max()) + np.float32(image.min()) - image
+    meta.update(frame=0, voi_applied=voi_applied, inverted=inverted)
+    return np.ascontiguousarray(image), meta

@@ -1,0 +1,123 @@
+"""Read any supported image file (PNG, JPEG, TIFF, DICOM) as one float32 single-channel array.
+
+Raster files are decoded by OpenCV with ``IMREAD_UNCHANGED`` so 16-bit PNG/TIFF keep their depth;
+DICOM goes through :mod:`cxrkit.data.dicom` (Modality LUT, VOI LUT, MONOCHROME1 inversion). A file
+is DICOM if its name ends in ``.dcm``/``.dicom`` or it carries the ``DICM`` marker at byte 128
+(hospital exports often have no extension at all).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cxrkit.data.dicom import read_dicom, read_dicom_header
+from cxrkit.errors import ImageReadError
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+_DICOM_MAGIC_OFFSET = 128
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True if ``path`` is named like a DICOM file or has the ``DICM`` marker at byte 128."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as f:
+            f.seek(_DICOM_MAGIC_OFFSET)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ImageReadError(f"{path}: file not found")
+    if not path.is_file():
+        raise ImageReadError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: empty file")
+
+
+def _to_single_channel(image: np.ndarray, path: Path) -> np.ndarray:
+    """OpenCV's BGR/BGRA -> luminance (ITU-R BT.601), alpha dropped; grayscale passes through."""
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        # Converting in the native integer dtype keeps R=G=B images exact (the NIH RGBA quirk):
+        # OpenCV's fixed-point weights sum to exactly one.
+        code = cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+        if image.dtype in (np.uint8, np.uint16, np.float32):
+            return cv2.cvtColor(image, code)
+        weights = np.array([0.114, 0.587, 0.299], dtype=np.float64)  # B, G, R
+        return image[:, :, :3].astype(np.float64) @ weights
+    raise ImageReadError(f"{path}: unsupported pixel layout {image.shape}")
+
+
+def read_image(
+    path: str | Path, *, apply_voi_lut: bool = True
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an image file as float32 (H, W), higher = brighter, in the file's own value range.
+
+    Args:
+        path: PNG, JPEG, TIFF (anything OpenCV decodes) or DICOM.
+        apply_voi_lut: for DICOM, apply the header's VOI LUT / window (ignored for other formats).
+
+    Returns:
+        ``image``: float32 (height, width); 8-bit files give 0..255, 16-bit 0..65535, DICOM its
+        modality/VOI units. Colour is reduced to luminance and alpha dropped.
+        ``meta``: ``format`` (``"dicom"`` or the file suffix), ``dtype`` and ``channels`` of the
+        decoded file, plus every :func:`cxrkit.data.dicom.read_dicom` field for DICOM.
+
+    Raises:
+        ImageReadError: missing, empty, truncated or undecodable file (DicomReadError for DICOM).
+    """
+    path = Path(path)
+    _check_file(path)
+    if is_dicom(path):
+        image, meta = read_dicom(path, apply_voi_lut=apply_voi_lut)
+        return image, {"format": "dicom", "dtype": "float32", "channels": 1, **meta}
+
+    data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode also handles non-ASCII paths
+    if data[:2].tobytes() == _JPEG_SOI and _JPEG_EOI not in data[-1024:].tobytes():
+        # OpenCV decodes a truncated JPEG into a half-grey image with only a warning.
+        raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
+    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise ImageReadError(f"{path}: cannot decode image (truncated, corrupt or unsupported)")
+    channels = 1 if decoded.ndim == 2 else int(decoded.shape[2])
+    meta = {
+        "format": path.suffix.lower().lstrip(".") or "unknown",
+        "dtype": str(decoded.dtype),
+        "channels": channels,
+    }
+    image = _to_single_channel(decoded, path)
+    return np.ascontiguousarray(image, dtype=np.float32), meta
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header without decoding the pixels.
+
+    Raises:
+        ImageReadError: missing, empty or unrecognised file (DicomReadError for DICOM).
+    """
+    path = Path(path)
+    _check_file(path)
+    if is_dicom(path):
+        header = read_dicom_header(path)
+        if not header["rows"] or not header["columns"]:
+            raise ImageReadError(f"{path}: DICOM header has no Rows/Columns")
+        return int(header["columns"]), int(header["rows"])
+    try:
+        with Image.open(path) as im:  # lazy: parses the header only
+            return int(im.size[0]), int(im.size[1])
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
