@@ -23,12 +23,8 @@ from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 from pydicom.pixels import apply_voi_lut as pydicom_apply_voi_lut
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from cxrkit.data.sources.classes import normalize_view
 from cxrkit.errors import DicomReadError
-
-# ViewPosition (0018,5101) -> cxrkit view. The standard's defined terms are AP, PA, LL, RL, RLD,
-# LLD, RLO, LLO; cxrkit's "LL" means "a lateral projection", so both laterals map to it. Decubitus
-# and oblique views, and anything non-standard, are "unknown" rather than guessed.
-_VIEW_MAP = {"PA": "PA", "AP": "AP", "LL": "LL", "RL": "LL", "LATERAL": "LL", "LAT": "LL"}
 
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -94,8 +90,9 @@ def _read_without_preamble(path: Path, *, stop_before_pixels: bool) -> Dataset:
 
 
 def _view(ds: Dataset) -> str:
-    raw = str(ds.get("ViewPosition", "") or "").strip().upper()
-    return _VIEW_MAP.get(raw, "unknown")
+    # ViewPosition (0018,5101) goes through the same table as every CSV's view column: both
+    # laterals (LL, RL) are "LL"; decubitus, oblique and non-standard values are "unknown".
+    return normalize_view(str(ds.get("ViewPosition", "") or ""))
 
 
 def _pixel_spacing(ds: Dataset) -> list[float] | None:
