@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "synth": "cxrkit.data.synthetic",
     "prepare": "cxrkit.data.sources",
     "preprocess": "cxrkit.data.preprocess",
+    "pretrain": "cxrkit.pretrain.cli",
     "eval": "cxrkit.eval.cli",
 }
 

@@ -1,0 +1,310 @@
+"""Lightning plumbing shared by every training stage: trainer, logging, checkpoints, resume.
+
+Distribution is an environment, not a code path (STYLE.md rule 9): the same call runs on a laptop
+CPU, one GPU, ``torchrun --nproc-per-node 8`` or ``srun`` across nodes; Lightning reads the
+launcher's environment and only rank 0 writes files.
+
+A run directory looks like::
+
+    output_dir/config.yaml            the resolved configuration (save_run_config)
+    output_dir/metrics.json           one JSON object per logging step (detectron2 style)
+    output_dir/tensorboard/           TensorBoard event files
+    output_dir/checkpoints/last.ckpt  every ``checkpoint_every_n_steps`` optimizer steps and at end
+    output_dir/checkpoints/best.ckpt  the best checkpoint by ``monitor``, when a stage names one
+
+Seeding is the stage's job: call ``lightning.seed_everything(config.trainer.seed, workers=True)``
+before building the module so that initialisation is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from argparse import Namespace
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor, nn
+
+from cxrkit import config as config_io
+from cxrkit.config import TrainerConfig
+from cxrkit.errors import MissingFileError, NonFiniteLossError
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+BEST_NAME = "best"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+
+
+class JsonMetricsLogger(Logger):
+    """Append one JSON object per logging step to ``output_dir/metrics.json`` (rank 0 only).
+
+    Each line is ``{"step": int, "<metric>": float, ...}``; a resumed run appends to the same file,
+    so a step may appear twice (the later line wins).
+    """
+
+    def __init__(self, output_dir: str | Path) -> None:
+        super().__init__()
+        self._path = Path(output_dir) / METRICS_FILE
+
+    @property
+    def name(self) -> str:
+        return "json"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return str(self._path.parent)
+
+    @rank_zero_only
+    def log_hyperparams(
+        self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any
+    ) -> None:
+        # The resolved config lives in config.yaml and in every checkpoint; nothing to add here.
+        return None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        row: dict[str, Any] = {"step": step}
+        for key, value in metrics.items():
+            row[key] = value.item() if isinstance(value, Tensor) else float(value)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        with self._path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class _FinalCheckpoint(Callback):
+    """Write ``last.ckpt`` after the last training batch, unless the periodic checkpoint just did.
+
+    It saves from ``on_train_batch_end`` of the final batch (``max_steps`` reached, or the last
+    batch of the last epoch), the point Lightning resumes from exactly. Lightning's own end-of-run
+    ``save_last`` happens in ``on_train_end``, after the loop closed the epoch, and a run resumed
+    from it replays one batch; saving through the periodic callback here marks ``last.ckpt`` as
+    written, so that late save is skipped.
+    """
+
+    def __init__(self, periodic: ModelCheckpoint) -> None:
+        self._periodic = periodic
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        last_step = 0 < trainer.max_steps <= trainer.global_step
+        max_epochs = trainer.max_epochs
+        last_epoch = max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1
+        if not (
+            last_step or (last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        ):
+            return
+        if getattr(self._periodic, "_last_global_step_saved", -1) == trainer.global_step:
+            return
+        # through the callback (not trainer.save_checkpoint) so that its bookkeeping knows
+        self._periodic._save_last_checkpoint(trainer, self._periodic._monitor_candidates(trainer))
+
+
+def _devices(value: str) -> str | int | list[int]:
+    value = value.strip()
+    if value == "auto":
+        return value
+    if value.isdigit():
+        return int(value)
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
+def _num_nodes(configured: int) -> int:
+    # torchrun and SLURM say how many nodes there are; Lightning needs to be told the same number.
+    if configured != 1:
+        return configured
+    if "SLURM_NNODES" in os.environ and "SLURM_NTASKS" in os.environ:
+        return int(os.environ["SLURM_NNODES"])
+    world, local = os.environ.get("WORLD_SIZE"), os.environ.get("LOCAL_WORLD_SIZE")
+    if world and local and int(local) > 0:
+        return max(1, int(world) // int(local))
+    return configured
+
+
+def _uses_gpu(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def build_trainer(
+    *,
+    config: TrainerConfig,
+    output_dir: Path,
+    monitor: str | None = None,
+    mode: str = "max",
+    callbacks: Sequence[Callback] = (),
+    max_epochs: int | None = None,
+) -> L.Trainer:
+    """A Lightning Trainer writing TensorBoard, ``metrics.json`` and checkpoints in ``output_dir``.
+
+    Args:
+        config: devices, nodes, strategy, precision, steps, accumulation, logging and checkpoint
+            cadence. ``sync_batchnorm`` applies only to DDP on GPUs (PyTorch's SyncBatchNorm has no
+            CPU kernel).
+        output_dir: the run directory (see the module docstring for its layout).
+        monitor: a logged validation metric; when given, ``checkpoints/best.ckpt`` keeps the best.
+        mode: ``"max"`` or ``"min"`` for ``monitor``.
+        callbacks: extra callbacks of the stage.
+        max_epochs: overrides ``config.max_epochs`` when given.
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    output_dir = Path(output_dir)
+    ckpt_dir = output_dir / CHECKPOINT_DIR
+    periodic = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="step{step}",
+        save_top_k=0,  # only last.ckpt: a rolling, resumable checkpoint
+        save_last=True,
+        every_n_train_steps=max(1, config.checkpoint_every_n_steps),
+        enable_version_counter=False,  # last.ckpt is overwritten, never last-v1.ckpt
+    )
+    all_callbacks: list[Callback] = [periodic, _FinalCheckpoint(periodic)]
+    if monitor is not None:
+        all_callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename=BEST_NAME,
+                monitor=monitor,
+                mode=mode,
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            )
+        )
+    all_callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if config.progress_bar:
+        all_callbacks.append(TQDMProgressBar(refresh_rate=1))
+    all_callbacks.extend(callbacks)
+
+    loggers: list[Logger] = [
+        TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version="", sub_dir=None),
+        JsonMetricsLogger(output_dir),
+    ]
+    val_check: int | float = config.val_check_interval
+    if val_check > 1:
+        val_check = int(val_check)  # a number of training batches, not a fraction of an epoch
+    return L.Trainer(
+        accelerator=config.accelerator,
+        devices=_devices(config.devices),
+        num_nodes=_num_nodes(config.num_nodes),
+        strategy=config.strategy,
+        precision=config.precision,  # type: ignore[arg-type]
+        max_epochs=config.max_epochs if max_epochs is None else max_epochs,
+        max_steps=config.max_steps,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        gradient_clip_val=config.gradient_clip_val or None,
+        sync_batchnorm=config.sync_batchnorm and _uses_gpu(config.accelerator),
+        log_every_n_steps=config.log_every_n_steps,
+        val_check_interval=val_check,
+        deterministic=config.deterministic,
+        benchmark=None if config.deterministic else True,
+        enable_progress_bar=config.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(output_dir),
+        logger=loggers,
+        callbacks=all_callbacks,
+    )
+
+
+def resolve_resume(output_dir: Path, resume: str | Path | bool) -> str | None:
+    """The checkpoint a run continues from: ``"auto"``/``True`` -> ``last.ckpt`` when present.
+
+    ``False`` or ``None`` starts fresh; a path must exist (:class:`MissingFileError` otherwise).
+    """
+    if resume is False or resume is None:
+        return None
+    if resume is True or resume == "auto":
+        last = Path(output_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
+        return str(last) if last.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise MissingFileError(
+            f"{path}: checkpoint to resume from not found; give a .ckpt from a previous run's "
+            f"{CHECKPOINT_DIR}/ folder, or omit --resume to resume from {CHECKPOINT_DIR}/"
+            f"{LAST_CHECKPOINT} automatically"
+        )
+    return str(path)
+
+
+def fit(
+    *,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    train_dataloaders: Any,
+    val_dataloaders: Any = None,
+    output_dir: Path,
+    resume: str | Path | bool = "auto",
+) -> None:
+    """``trainer.fit`` with resume: ``"auto"`` continues from ``output_dir/checkpoints/last.ckpt``
+    when it exists, a path continues from that checkpoint, ``False`` starts fresh.
+
+    Exact resume: weights, optimizer, scheduler, loop counters and callback state come back from
+    the checkpoint; a stage whose data order must continue exactly keeps its sampler position in
+    the checkpoint itself (see ``cxrkit.pretrain.sampling``).
+    """
+    trainer.fit(
+        module,
+        train_dataloaders=train_dataloaders,
+        val_dataloaders=val_dataloaders,
+        ckpt_path=resolve_resume(Path(output_dir), resume),
+    )
+
+
+def save_run_config(config: Any, output_dir: Path) -> None:
+    """Write the resolved ``config`` to ``output_dir/config.yaml`` (global rank 0 only)."""
+    if rank_zero_only.rank == 0:
+        config_io.save(config, Path(output_dir) / CONFIG_FILE)
+
+
+def check_finite(losses: Mapping[str, Tensor], *, step: int, image_ids: Sequence[str]) -> None:
+    """Raise :class:`NonFiniteLossError` when any loss term is NaN or infinite.
+
+    Costs one device-to-host synchronisation per call (all terms are checked at once).
+
+    Example message: ``non-finite loss 'loss_box_reg'=nan at step 17; batch images: a, b, c``.
+    """
+    if not losses:
+        return
+    values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+    if bool(torch.isfinite(values).all()):
+        return
+    for name, value in losses.items():
+        v = float(value.detach().float().reshape(()))
+        if not torch.isfinite(torch.tensor(v)):
+            ids = list(image_ids)
+            shown = ", ".join(ids[:20]) + (f", ... ({len(ids) - 20} more)" if len(ids) > 20 else "")
+            raise NonFiniteLossError(
+                f"non-finite loss {name!r}={v} at step {step}; batch images: {shown}"
+            )
+
+
+def apply_channels_last_and_compile(module: nn.Module, config: TrainerConfig) -> nn.Module:
+    """Apply ``config.channels_last`` and ``config.compile`` to ``module`` in place; returns it.
+
+    ``torch.compile`` is applied to each direct child that has parameters, with
+    ``nn.Module.compile`` (in place), so state-dict keys and checkpoints keep their plain names
+    (no ``_orig_mod.``) and a compiled run resumes into an uncompiled one and back.
+    """
+    if config.channels_last:
+        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if config.compile:
+        for child in module.children():
+            if any(True for _ in child.parameters()):
+                child.compile()
+    return module

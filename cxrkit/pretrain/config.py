@@ -1,0 +1,143 @@
+"""Configuration of stage one: Barlow Twins pretraining and the linear evaluation protocol.
+
+Dataclass defaults are the paper's (BarlowTwins-CXR, after Zbontar et al. 2021, "Barlow Twins");
+``configs/pretrain/*.yaml`` and ``key=value`` overrides change them (see :mod:`cxrkit.config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cxrkit.config import DataConfig, TrainerConfig
+
+INITS = ("imagenet", "random", "checkpoint")
+RECIPES = ("byol", "cxr")
+
+
+@dataclass
+class ModelConfig:
+    """Backbone initialisation, projector and loss."""
+
+    # imagenet: torchvision ResNet-50 ImageNet file at `weights`; random: no file; checkpoint: a
+    # backbone.pth or pretrain .ckpt of a previous run at `weights` (continued pretraining).
+    init: str = "imagenet"
+    weights: str = ""  # e.g. weights/resnet50-11ad3fa6.pth
+    # Barlow Twins: projector 2048-8192-8192-8192 (BarlowTwins-CXR keeps it).
+    projector_hidden_dim: int = 8192
+    projector_output_dim: int = 8192
+    # Barlow Twins: lambda = 0.0051 (lightly's default is 5e-3).
+    lambda_param: float = 0.0051
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"model.init must be one of {INITS}, got {self.init!r}")
+        if min(self.projector_hidden_dim, self.projector_output_dim) < 1 or self.lambda_param < 0:
+            raise ValueError("projector dims must be >= 1 and lambda_param >= 0")
+
+
+@dataclass
+class ViewsConfig:
+    """The two augmented views of each image (``cxrkit.pretrain.transforms``)."""
+
+    recipe: str = "byol"  # byol: BarlowTwins-CXR's BYOL-style pair; cxr: radiograph-specific
+    size: int = 224  # view side in pixels (BarlowTwins-CXR: 224)
+    min_scale: float = 0.08  # RandomResizedCrop lower area bound (BYOL: 0.08)
+    # None: the recipe's default (byol: 0.5 as in BYOL; cxr: 0.0, see transforms.py)
+    hflip_prob: float | None = None
+    rotation_degrees: float = 10.0  # cxr only: +- degrees
+    translate: float = 0.05  # cxr only: +- fraction of the side
+    scale_jitter: float = 0.1  # cxr only: affine zoom in [1 - s, 1 + s]
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"views.recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.size < 16 or not 0 < self.min_scale <= 1:
+            raise ValueError("views.size must be >= 16 and views.min_scale in (0, 1]")
+        if self.hflip_prob is not None and not 0 <= self.hflip_prob <= 1:
+            raise ValueError(f"views.hflip_prob must be in [0, 1], got {self.hflip_prob}")
+
+
+@dataclass
+class OptimConfig:
+    """LARS with a warm-up then cosine schedule (Barlow Twins / BarlowTwins-CXR)."""
+
+    # Learning rates per 256 images of global batch: lr = base * global_batch / 256.
+    lr_weights: float = 0.2
+    lr_biases: float = 0.0048  # biases and norm parameters: no weight decay, no LARS adaptation
+    weight_decay: float = 1e-6  # BarlowTwins-CXR: 1e-6 (Barlow Twins: 1.5e-6)
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001  # LARS eta
+    warmup_epochs: float = 10.0
+    end_lr_factor: float = 0.001  # cosine decays to base lr x this (Barlow Twins' code)
+
+    def __post_init__(self) -> None:
+        if min(self.lr_weights, self.lr_biases, self.weight_decay) < 0 or self.warmup_epochs < 0:
+            raise ValueError("learning rates, weight_decay and warmup_epochs must be >= 0")
+
+
+@dataclass
+class PretrainConfig:
+    """``cxrkit pretrain``: everything a run needs; saved as ``output_dir/config.yaml``."""
+
+    output_dir: str = "runs/pretrain"
+    # data.batch_size is per device: global batch = batch_size x devices x nodes x accumulation.
+    # data.train_split: the split pretrained on; "all" uses every record of the manifest.
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=96, train_split="all"))
+    trainer: TrainerConfig = field(
+        default_factory=lambda: TrainerConfig(max_epochs=600, precision="bf16-mixed")
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+FINDINGS_NIH = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+    "No Finding",
+)
+
+
+@dataclass
+class LinearEvalConfig:
+    """``cxrkit pretrain linear-eval``: a multi-label head on a (frozen) backbone."""
+
+    output_dir: str = "runs/linear_eval"
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=64))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=30))
+    # the backbone to evaluate: imagenet (file), random, or checkpoint (backbone.pth / .ckpt)
+    init: str = "checkpoint"
+    weights: str = ""
+    mode: str = "linear"  # linear: frozen backbone (BN in eval mode); finetune: everything trains
+    findings: list[str] = field(default_factory=lambda: list(FINDINGS_NIH))
+    # fractions of the training images whose labels are used (a seeded random subset of images)
+    label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    n_bootstrap: int = 1000  # patient-bootstrap replicates for the test AUROC intervals
+    lr: float = 0.1  # SGD, x global_batch / 256, cosine to 0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    backbone_lr_factor: float = 0.1  # finetune mode: backbone lr = lr x this
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.mode not in ("linear", "finetune"):
+            raise ValueError(f"mode must be 'linear' or 'finetune', got {self.mode!r}")
+        if not self.findings:
+            raise ValueError("findings must name at least one finding")
+        if not self.label_fractions or not all(0 < f <= 1 for f in self.label_fractions):
+            raise ValueError(f"label_fractions must be in (0, 1], got {self.label_fractions}")
+        if self.n_bootstrap < 0:
+            raise ValueError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}")

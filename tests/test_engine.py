@@ -1,0 +1,156 @@
+"""The shared Lightning plumbing: run directory layout, checkpoints, exact resume, loss checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cxrkit import engine
+from cxrkit.config import TrainerConfig, load
+from cxrkit.errors import MissingFileError, NonFiniteLossError
+
+
+class _Regression(L.LightningModule):
+    """A tiny model with BatchNorm, SGD with momentum and a scheduler: state worth resuming."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        losses = {"loss_mse": nn.functional.mse_loss(self.net(x).squeeze(1), y)}
+        engine.check_finite(losses, step=self.global_step, image_ids=[f"img{batch_idx}"])
+        loss = sum(losses.values())
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/neg_mse", -nn.functional.mse_loss(self.net(x).squeeze(1), y))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    # shuffle=False: the data order must not depend on RNG state for an exact-resume comparison
+    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
+
+
+def _config(**kw) -> TrainerConfig:
+    base = dict(accelerator="cpu", devices="1", max_epochs=10, progress_bar=False)
+    base.update(kw)
+    return TrainerConfig(**base)
+
+
+def _run(out: Path, resume="auto", **kw) -> _Regression:
+    L.seed_everything(0)
+    module = _Regression()
+    trainer = engine.build_trainer(config=_config(**kw), output_dir=out)
+    engine.fit(
+        trainer=trainer, module=module, train_dataloaders=_loader(), output_dir=out, resume=resume
+    )
+    return module
+
+
+def test_run_directory_layout_and_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    _run(out, max_steps=5, checkpoint_every_n_steps=2, log_every_n_steps=1)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 5  # the end-of-training checkpoint, not only step 4
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    assert steps == [0, 1, 2, 3, 4]
+    assert any("lr-SGD" in r for r in rows)  # LearningRateMonitor
+
+
+def test_exact_resume_matches_uninterrupted_run(tmp_path):
+    full = _run(tmp_path / "full", max_steps=13, checkpoint_every_n_steps=100)
+    # stop after one epoch (8 batches; end-of-training checkpoint), continue the directory to 13.
+    # Mid-epoch stops need a resumable data order: cxrkit.pretrain.sampling tests that.
+    _run(tmp_path / "split", max_steps=8, checkpoint_every_n_steps=100)
+    resumed = _run(tmp_path / "split", max_steps=13, checkpoint_every_n_steps=100)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_resume_false_starts_fresh_and_missing_path_is_explained(tmp_path):
+    out = tmp_path / "run"
+    _run(out, max_steps=2)
+    assert engine.resolve_resume(out, "auto") == str(out / "checkpoints" / "last.ckpt")
+    assert engine.resolve_resume(out, False) is None
+    assert engine.resolve_resume(tmp_path / "empty", "auto") is None
+    with pytest.raises(MissingFileError, match="nope.ckpt"):
+        engine.resolve_resume(out, tmp_path / "nope.ckpt")
+
+
+def test_best_checkpoint_by_monitor(tmp_path):
+    out = tmp_path / "run"
+    L.seed_everything(0)
+    trainer = engine.build_trainer(
+        config=_config(max_epochs=2), output_dir=out, monitor="val/neg_mse", mode="max"
+    )
+    engine.fit(
+        trainer=trainer,
+        module=_Regression(),
+        train_dataloaders=_loader(),
+        val_dataloaders=_loader(),
+        output_dir=out,
+    )
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_check_finite_names_term_step_and_images():
+    ok = {"loss_cls": torch.tensor(0.5), "loss_box_reg": torch.tensor(1.0)}
+    engine.check_finite(ok, step=3, image_ids=["a"])
+    bad = {"loss_cls": torch.tensor(0.5), "loss_box_reg": torch.tensor(float("nan"))}
+    with pytest.raises(NonFiniteLossError) as info:
+        engine.check_finite(bad, step=17, image_ids=["a", "b", "c"])
+    assert str(info.value) == "non-finite loss 'loss_box_reg'=nan at step 17; batch images: a, b, c"
+    with pytest.raises(NonFiniteLossError, match="'x'=inf at step 0"):
+        engine.check_finite({"x": torch.tensor(float("inf"))}, step=0, image_ids=[])
+
+
+def test_non_finite_loss_stops_training(tmp_path):
+    class Exploding(_Regression):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            scale = float("nan") if self.global_step == 2 else 1.0
+            losses = {"loss_mse": nn.functional.mse_loss(self.net(x).squeeze(1), y) * scale}
+            engine.check_finite(losses, step=self.global_step, image_ids=[f"img{batch_idx}"])
+            return sum(losses.values())
+
+    trainer = engine.build_trainer(config=_config(max_steps=5), output_dir=tmp_path)
+    with pytest.raises(NonFiniteLossError, match="at step 2; batch images: img2"):
+        trainer.fit(Exploding(), train_dataloaders=_loader())
+
+
+def test_save_run_config_round_trips(tmp_path):
+    cfg = _config(max_steps=9)
+    engine.save_run_config(cfg, tmp_path)
+    assert load(TrainerConfig, files=[tmp_path / "config.yaml"]) == cfg
+
+
+def test_channels_last_and_compile_keep_state_dict_names():
+    module = nn.Module()
+    module.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    module.head = nn.Linear(4, 2)
+    keys = list(module.state_dict())
+    engine.apply_channels_last_and_compile(module, _config(channels_last=True, compile=True))
+    assert module.backbone[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert list(module.state_dict()) == keys  # no "_orig_mod." prefixes
+    assert module.backbone._compiled_call_impl is not None
