@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "cxrkit.data.sources",
     "preprocess": "cxrkit.data.preprocess",
     "pretrain": "cxrkit.pretrain.cli",
+    "multitask": "cxrkit.multitask.cli",
     "eval": "cxrkit.eval.cli",
 }
 
