@@ -23,8 +23,10 @@ COMMANDS: dict[str, str] = {
     "prepare": "cxrkit.data.sources",
     "preprocess": "cxrkit.data.preprocess",
     "pretrain": "cxrkit.pretrain.cli",
+    "finetune": "cxrkit.finetune.cli",
     "multitask": "cxrkit.multitask.cli",
     "eval": "cxrkit.eval.cli",
+    "demo": "cxrkit.demo",
 }
 
 

@@ -1,0 +1,171 @@
+"""The detector's LightningModule: SGD with warm-up and cosine, four named losses, COCO mAP@0.5.
+
+Training: torchvision's Faster R-CNN returns ``loss_classifier``, ``loss_box_reg`` (ROI heads),
+``loss_objectness`` and ``loss_rpn_box_reg`` (RPN); they are checked for NaN, logged one by one
+(``train/<name>``) and summed once. Validation: detections are mapped to original pixels, gathered
+from every rank and scored with :func:`cxrkit.eval.detection.evaluate` against the fused validation
+boxes; ``val/mAP50`` (COCO AP@0.5, the checkpoint monitor) and ``val/voc_mAP40`` (the VinBigData
+Kaggle metric) are logged, with ``val/AP50/<class>`` per class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+from lightly.utils.scheduler import CosineWarmupScheduler
+
+from cxrkit import engine
+from cxrkit.config import to_dict
+from cxrkit.data.cache import Cache
+from cxrkit.data.records import Record
+from cxrkit.finetune.config import FinetuneConfig
+from cxrkit.finetune.model import build_detector
+from cxrkit.finetune.predict import detections_to_frame, empty_frame
+
+MONITOR = "val/mAP50"
+
+
+def detector_from_config(config: FinetuneConfig, *, load_weights: bool = True) -> torch.nn.Module:
+    """The detector ``config.model`` describes; ``load_weights=False`` skips the backbone file (the
+    weights then come from a checkpoint). Runs save the :meth:`ModelConfig.resolved` model config,
+    so a detector restored without the weights file has the trained model's frozen stages."""
+    m = config.model.resolved()
+    return build_detector(
+        num_classes=len(config.classes),
+        backbone_weights=(m.backbone_weights or None) if load_weights else None,
+        trainable_layers=m.trainable_layers,
+        frozen_bn=m.frozen_bn,
+        image_size=config.data.preprocess.size,
+        anchor_sizes=m.anchor_sizes,
+        score_thresh=m.score_thresh,
+        nms_thresh=m.nms_thresh,
+        detections_per_img=m.detections_per_img,
+        rpn_proposals_train=m.rpn_proposals_train,
+        rpn_proposals_test=m.rpn_proposals_test,
+        roi_batch_size=m.roi_batch_size,
+    )
+
+
+class DetectorModule(L.LightningModule):
+    """Faster R-CNN training and validation.
+
+    Args:
+        config: the run's configuration; saved in every checkpoint (``hyper_parameters.config``).
+        val_records: the fused validation records (original pixels), the mAP ground truth.
+        cache: the cache the validation images come from (their geometry maps boxes back).
+        load_weights: read ``config.model.backbone_weights``; False when the weights come from a
+            checkpoint.
+
+    Batches (from :class:`cxrkit.data.datasets.DetectionDataset` + ``collate``): ``image``
+    FloatTensor[B, 1, H, W] in [0, 1]; ``boxes`` list of FloatTensor[N_i, 4] cache pixels;
+    ``labels`` list of Int64Tensor[N_i]; ``image_id`` list of str.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: FinetuneConfig,
+        val_records: Sequence[Record] = (),
+        cache: Cache | None = None,
+        load_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.save_hyperparameters({"config": to_dict(config)})
+        self.model = detector_from_config(config, load_weights=load_weights)
+        self.val_records = list(val_records)
+        self.cache = cache
+        self._val_frames: dict[str, pd.DataFrame] = {}
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return self.model(images)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        images = list(batch["image"])
+        targets = [
+            {"boxes": boxes, "labels": labels}
+            for boxes, labels in zip(batch["boxes"], batch["labels"], strict=True)
+        ]
+        losses = self.model(images, targets)
+        engine.check_finite(losses, step=self.global_step, image_ids=batch["image_id"])
+        loss = sum(losses.values())
+        n = len(images)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n, sync_dist=False)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.cache is None:
+            return
+        outputs = self.model(list(batch["image"]))
+        ids = batch["image_id"]
+        frame = detections_to_frame(
+            outputs,
+            image_ids=ids,
+            geometries=[self.cache.geometry(i) for i in ids],
+            classes=self.config.classes,
+        )
+        # keyed by image: DistributedSampler pads with repeated images, counted once here
+        for image_id in ids:
+            self._val_frames[image_id] = frame[frame["image_id"] == image_id]
+
+    def on_validation_epoch_end(self) -> None:
+        if self.cache is None or not self.val_records:
+            return
+        from cxrkit.eval import detection
+
+        frames = self._val_frames
+        self._val_frames = {}
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, frames)
+            frames = {k: v for part in gathered for k, v in part.items()}
+        parts = [f for f in frames.values() if len(f)]
+        predictions = pd.concat(parts, ignore_index=True) if parts else empty_frame()
+        result = detection.evaluate(
+            predictions,
+            [r for r in self.val_records if r.image_id in frames],
+            classes=self.config.classes,
+            iou_thresholds=(0.5,),
+            gt_reader="all",  # the records are fused already
+            curves=False,
+        )
+        mean = result["mean"]
+        # identical on every rank (same gathered predictions), so no further reduction
+        self.log(MONITOR, _value(mean["map50"]), prog_bar=True, sync_dist=False)
+        self.log("val/voc_mAP40", _value(mean["voc_map"]), sync_dist=False)
+        for name, entry in result["per_class"].items():
+            ap = _value(entry["ap50"])
+            if not math.isnan(ap):
+                self.log(f"val/AP50/{name}", ap, sync_dist=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.config.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        # BarlowTwins-CXR: 500 warm-up iterations from lr x 0.001 (detectron2), then cosine to 0
+        scheduler = CosineWarmupScheduler(
+            optimizer,
+            warmup_epochs=min(o.warmup_steps, total),
+            max_epochs=total,
+            start_value=1.0,
+            end_value=0.0,
+            warmup_start_value=o.warmup_factor,
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+
+def _value(metric: Any) -> float:
+    value = metric["value"] if isinstance(metric, dict) else metric
+    return math.nan if value is None else float(value)
