@@ -212,6 +212,7 @@ def test_svm_file_with_untrusted_types_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_trained_ensemble_separates_normal_from_abnormal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,7 +220,7 @@ def test_trained_ensemble_separates_normal_from_abnormal(
     trained through both stages on 144 images (the weak stage at a fine-tuning lr), a linear SVM
     fitted on 48 validation images (too few for an RBF kernel), then 168 held-out images screened
     better than chance: the lower end of the AUROC's 95% bootstrap interval (cxrkit.eval) lies
-    above 0.5. Observed with the weak stage off: AUROC 0.65 [0.57, 0.74]. About 3 minutes on two
+    above 0.5 (observed: test AUROC 0.75; members alone 0.62-0.80). About 3 minutes on two
     free CPU cores, 12 on busy ones."""
     phantoms = build(
         tmp_path / "phantoms",
