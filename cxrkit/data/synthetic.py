@@ -46,6 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from cxrkit.data.sources import classes
 from cxrkit.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -82,37 +83,9 @@ VINDR_NAMES: dict[str, str] = {
     "fibrosis": "Pulmonary fibrosis",
     "effusion": "Pleural effusion",
 }
-#: VinDr-CXR PhysioNet image-level labels: 22 local labels then 6 global ones, in the file's order.
-VINDR_LABELS: tuple[str, ...] = (
-    "Aortic enlargement",
-    "Atelectasis",
-    "Calcification",
-    "Cardiomegaly",
-    "Clavicle fracture",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Enlarged PA",
-    "ILD",
-    "Infiltration",
-    "Lung Opacity",
-    "Lung cavity",
-    "Lung cyst",
-    "Mediastinal shift",
-    "Nodule/Mass",
-    "Pleural effusion",
-    "Pleural thickening",
-    "Pneumothorax",
-    "Pulmonary fibrosis",
-    "Rib fracture",
-    "Other lesion",
-    "COPD",
-    "Lung tumor",
-    "Pneumonia",
-    "Tuberculosis",
-    "Other diseases",
-    "No finding",
-)
+#: VinDr-CXR PhysioNet image-level labels: 22 local labels then 6 global ones, in the file's order
+#: (the adapter's own table, so the phantoms can never drift from what `prepare vindr` accepts).
+VINDR_LABELS: tuple[str, ...] = (*classes.VINDR_LOCAL, *classes.VINDR_GLOBAL)
 VINDR_NO_FINDING = "No finding"
 VINDR_READERS: tuple[str, ...] = ("R8", "R9", "R10")
 
