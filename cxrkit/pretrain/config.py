@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cxrkit.config import DataConfig, TrainerConfig
+from cxrkit.data.sources import classes
 
 INITS = ("imagenet", "random", "checkpoint")
 RECIPES = ("byol", "cxr")
@@ -91,23 +92,8 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-FINDINGS_NIH = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-    "No Finding",
-)
+# NIH ChestX-ray14: the 14 findings + "No Finding", from the adapter's class table.
+FINDINGS_NIH = (*classes.NIH_FINDINGS, classes.NIH_NO_FINDING)
 
 
 @dataclass
