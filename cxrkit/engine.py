@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import zipfile
 from argparse import Namespace
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 
 from cxrkit import config as config_io
 from cxrkit.config import TrainerConfig
-from cxrkit.errors import MissingFileError, NonFiniteLossError
+from cxrkit.errors import CheckpointError, MissingFileError, NonFiniteLossError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -226,12 +228,17 @@ def resolve_resume(output_dir: Path, resume: str | Path | bool) -> str | None:
     """The checkpoint a run continues from: ``"auto"``/``True`` -> ``last.ckpt`` when present.
 
     ``False`` or ``None`` starts fresh; a path must exist (:class:`MissingFileError` otherwise).
+    The checkpoint found is opened with ``weights_only=True`` before any work starts
+    (:func:`check_checkpoint`), so a torn, empty or unsafe file is refused by name.
     """
     if resume is False or resume is None:
         return None
     if resume is True or resume == "auto":
         last = Path(output_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
-        return str(last) if last.is_file() else None
+        if not last.is_file():
+            return None
+        check_checkpoint(last)
+        return str(last)
     path = Path(resume)
     if not path.is_file():
         raise MissingFileError(
@@ -239,7 +246,36 @@ def resolve_resume(output_dir: Path, resume: str | Path | bool) -> str | None:
             f"{CHECKPOINT_DIR}/ folder, or omit --resume to resume from {CHECKPOINT_DIR}/"
             f"{LAST_CHECKPOINT} automatically"
         )
+    check_checkpoint(path)
     return str(path)
+
+
+def check_checkpoint(path: Path) -> None:
+    """Open a checkpoint the way the resume will (``torch.load(weights_only=True)``), memory-mapped
+    so that no tensor data is read, and raise :class:`CheckpointError` if that fails.
+
+    A run killed while writing can leave a torn or empty ``last.ckpt``; a planted file can hold a
+    pickle that would run code. Both are refused here, naming the file and the way out, whatever
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says (an explicit ``weights_only=True`` wins over it).
+    """
+    remedy = "delete it to start over, give another --resume PATH, or pass --resume never"
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: not a complete checkpoint (empty or torn, e.g. by a run killed while "
+            f"saving); {remedy}"
+        )
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain containers "
+            f"({first}); cxrkit loads checkpoints only with weights_only=True; {remedy}"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc}); {remedy}") from None
+    if not isinstance(blob, dict) or "state_dict" not in blob:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict); {remedy}")
 
 
 def fit(
@@ -256,13 +292,15 @@ def fit(
 
     Exact resume: weights, optimizer, scheduler, loop counters and callback state come back from
     the checkpoint; a stage whose data order must continue exactly keeps its sampler position in
-    the checkpoint itself (see ``cxrkit.pretrain.sampling``).
+    the checkpoint itself (see ``cxrkit.pretrain.sampling``). The checkpoint is loaded with
+    ``weights_only=True``: unpickling an untrusted file must never run code.
     """
     trainer.fit(
         module,
         train_dataloaders=train_dataloaders,
         val_dataloaders=val_dataloaders,
         ckpt_path=resolve_resume(Path(output_dir), resume),
+        weights_only=True,
     )
 
 

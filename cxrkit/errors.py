@@ -33,3 +33,7 @@ class MissingFileError(CxrkitError):
 
 class NonFiniteLossError(CxrkitError):
     """A loss became NaN or infinite; the message names the step, the term and the images."""
+
+
+class CheckpointError(CxrkitError):
+    """A checkpoint or model file that is torn, empty, of the wrong kind, or unsafe to unpickle."""

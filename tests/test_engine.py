@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cxrkit import engine
 from cxrkit.config import TrainerConfig, load
-from cxrkit.errors import MissingFileError, NonFiniteLossError
+from cxrkit.errors import CheckpointError, MissingFileError, NonFiniteLossError
 
 
 class _Regression(L.LightningModule):
@@ -154,3 +154,81 @@ def test_channels_last_and_compile_keep_state_dict_names():
     assert module.backbone[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert list(module.state_dict()) == keys  # no "_orig_mod." prefixes
     assert module.backbone._compiled_call_impl is not None
+
+
+class _Payload:
+    """Unpickling this runs code (writes a marker file): what a planted checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def _plant(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "payload": _Payload(marker)}, path)
+
+
+@pytest.mark.parametrize("where", ["last", "explicit"])
+def test_malicious_checkpoint_is_refused_even_when_torch_is_told_otherwise(
+    tmp_path, monkeypatch, where
+):
+    # With this variable torch.load defaults to weights_only=False: only an explicit True holds.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    planted = out / "checkpoints" / "last.ckpt" if where == "last" else tmp_path / "evil.ckpt"
+    _plant(planted, marker)
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt|last\.ckpt") as info:
+        _run(out, resume="auto" if where == "last" else planted, max_steps=2)
+    assert "weights_only=True" in str(info.value) and "--resume never" in str(info.value)
+    assert not marker.exists()
+
+
+def test_lightning_resume_itself_loads_weights_only(tmp_path, monkeypatch):
+    # Past cxrkit's own check, the load inside trainer.fit must be weights_only too.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.setattr(engine, "check_checkpoint", lambda path: None)
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    _plant(out / "checkpoints" / "last.ckpt", marker)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        _run(out, max_steps=2)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "torn", "not a checkpoint"])
+def test_torn_or_empty_last_checkpoint_is_a_named_error(tmp_path, damage):
+    out = tmp_path / "run"
+    _run(out, max_steps=3)
+    last = out / "checkpoints" / "last.ckpt"
+    good = last.read_bytes()
+    if damage == "empty":
+        last.write_bytes(b"")
+    elif damage == "torn":
+        last.write_bytes(good[: len(good) // 2])  # killed half-way through the write
+    else:
+        torch.save({"weights": torch.zeros(2)}, last)
+    with pytest.raises(CheckpointError, match=r"last\.ckpt: .*delete it .*--resume never"):
+        _run(out, max_steps=6)
+    _run(out, resume=False, max_steps=3)  # the way out the message gives works
+
+
+def test_checkpoint_error_at_the_cli_has_no_traceback(tmp_path, capsys):
+    from cxrkit import cli
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"")
+    code = cli.main(
+        [
+            "pretrain",
+            "--config",
+            "configs/pretrain/tiny_pretrain.yaml",
+            f"output_dir={out}",
+            "data.manifest=nowhere.parquet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert "last.ckpt: not a complete checkpoint" in err and "--resume never" in err

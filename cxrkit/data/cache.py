@@ -9,9 +9,14 @@ Layout of a cache directory (written by :mod:`cxrkit.data.preprocess`, read here
     items/<xx>/<key>.mask.<name>.png  masks mapped into cache pixels (uint8 0/255), one per name
     errors.csv                        items skipped with --on-error skip: image_id, path, reason
 
-``<key>`` is the image id made filename-safe, ``<xx>`` two hex digits spreading files over folders.
+``<key>`` is a readable, filename-safe prefix of the image id followed by 32 hex digits of the id's
+sha256, so two ids never share a file: not ids that differ only after a dot (DICOM UIDs), nor in
+characters the prefix replaces, nor only in case on a case-insensitive file system. ``<xx>`` (two
+hex digits of the same hash) spreads files over folders. ``recipe.json`` records the layout version
+(``cache_layout``); a cache from the old scheme, in which ids could collide, is refused by name.
 An item is finished when its sidecar exists (written last, atomically); the index is rebuilt from
-the sidecars at the end of every run, so a killed run resumes by skipping finished items.
+the sidecars at the end of every run, so a killed run resumes by skipping finished items. Loading an
+image checks its bytes against the sha256 in the index.
 
 Geometry: an original image of ``orig_width x orig_height`` is zero-padded by ``pad_left`` and
 ``pad_top`` (and right/bottom) and resized by ``scale_x``/``scale_y``, so for any point::
@@ -32,12 +37,17 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
-from cxrkit.errors import DataError, ImageReadError, MissingFileError
+from cxrkit.errors import ConfigError, DataError, ImageReadError, MissingFileError
 
 RECIPE_FILE = "recipe.json"
 INDEX_FILE = "index.parquet"
 ERRORS_FILE = "errors.csv"
 ITEMS_DIR = "items"
+LAYOUT_KEY = "cache_layout"
+LAYOUT_VERSION = 2  # 1: keys cut at the last dot by Path.with_suffix, so ids could collide
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_PREFIX_CHARS = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,38 +95,91 @@ class Geometry:
 
 
 def item_key(image_id: str) -> str:
-    """Filename-safe, collision-free key for an image id."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", image_id)
-    if safe != image_id or len(safe) > 150:
-        safe = f"{safe[:120]}-{hashlib.sha1(image_id.encode()).hexdigest()[:10]}"
-    return safe
+    """Filename-safe key for an image id (or a mask name), injective in practice.
+
+    The key is ``<prefix>-<hash>``: ``<prefix>`` keeps up to 64 characters of the id with anything
+    but ``[A-Za-z0-9_-]`` replaced by ``_`` (dots too, so nothing downstream can mistake part of an
+    id for a file suffix); ``<hash>`` is 32 lowercase hex digits (128 bits) of the id's sha256, so
+    ids that differ anywhere, in case only or in unicode normalisation, map to different names.
+    """
+    prefix = _UNSAFE.sub("_", image_id)[:_PREFIX_CHARS]
+    return f"{prefix}-{_digest(image_id)[:32]}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def item_stem(root: str | Path, image_id: str) -> Path:
     """Path of an item without suffix: ``root/items/<xx>/<key>``."""
-    shard = hashlib.sha1(image_id.encode()).hexdigest()[:2]
-    return Path(root) / ITEMS_DIR / shard / item_key(image_id)
+    return Path(root) / ITEMS_DIR / _digest(image_id)[:2] / item_key(image_id)
+
+
+def _with_suffix(stem: Path, suffix: str) -> Path:
+    # Appended, never Path.with_suffix: that cuts a stem at its last dot.
+    return stem.with_name(stem.name + suffix)
 
 
 def image_path(root: str | Path, image_id: str) -> Path:
-    return item_stem(root, image_id).with_suffix(".png")
+    return _with_suffix(item_stem(root, image_id), ".png")
 
 
 def sidecar_path(root: str | Path, image_id: str) -> Path:
-    return item_stem(root, image_id).with_suffix(".json")
+    return _with_suffix(item_stem(root, image_id), ".json")
 
 
 def mask_path(root: str | Path, image_id: str, name: str) -> Path:
-    stem = item_stem(root, image_id)
-    return stem.with_name(f"{stem.name}.mask.{item_key(name)}.png")
+    return _with_suffix(item_stem(root, image_id), f".mask.{item_key(name)}.png")
 
 
-def read_png(path: Path) -> np.ndarray:
-    """Read a cache PNG as uint8 (H, W); a clear error if it is missing or corrupt."""
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
-    if data is None:
-        raise ImageReadError(f"{path}: cache file missing (rerun `cxrkit preprocess`)")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+def recipe_record(recipe: dict[str, Any]) -> dict[str, Any]:
+    """What ``recipe.json`` holds: the recipe plus the item-naming layout version."""
+    return {**recipe, LAYOUT_KEY: LAYOUT_VERSION}
+
+
+def read_recipe(root: str | Path) -> dict[str, Any]:
+    """The recipe stored in ``root/recipe.json``, without the layout key.
+
+    Raises:
+        ConfigError: the file is unreadable, or the cache was built with another item-naming
+            layout (before version 2, ids differing only after a dot could share one file).
+    """
+    path = Path(root) / RECIPE_FILE
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable recipe ({exc}); delete {root} to rebuild") from exc
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{path}: not a JSON object; delete {root} to rebuild")
+    layout = stored.pop(LAYOUT_KEY, None)
+    if layout != LAYOUT_VERSION:
+        raise ConfigError(
+            f"{root}: cache built with item-naming layout {layout or 1}, in which image ids that "
+            f"differ only after a dot (DICOM UIDs) can share one file; this cxrkit reads layout "
+            f"{LAYOUT_VERSION}: rebuild it (delete {root}, or preprocess into a new --out)"
+        )
+    return stored
+
+
+def recipe_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between two recipes (either side may lack a key)."""
+    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+
+
+def read_png(path: Path, *, sha256: str | None = None) -> np.ndarray:
+    """Read a cache PNG as uint8 (H, W); a clear error if it is missing, corrupt, or (with
+    ``sha256``) not the file the index recorded."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise ImageReadError(f"{path}: cache file missing (rerun `cxrkit preprocess`)") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ImageReadError(
+            f"{path}: cache file does not match the sha256 in {INDEX_FILE} (replaced or damaged "
+            "after preprocessing); rerun `cxrkit preprocess` on this cache to redo it"
+        )
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
     if image is None:
         raise ImageReadError(f"{path}: cache file is empty or corrupt (rerun `cxrkit preprocess`)")
     return image
@@ -138,7 +201,7 @@ class Cache:
                 f"{self.root}: not a finished cache (no {RECIPE_FILE} or {INDEX_FILE}); "
                 "build it with `cxrkit preprocess --manifest M --out CACHE_DIR`"
             )
-        self.recipe: dict[str, Any] = json.loads(recipe.read_text())
+        self.recipe: dict[str, Any] = read_recipe(self.root)
         rows = pq.read_table(index).to_pylist()
         self._rows: dict[str, dict[str, Any]] = {row["image_id"]: row for row in rows}
 
@@ -165,7 +228,8 @@ class Cache:
         return Geometry.from_dict(json.loads(self._row(image_id)["geometry"]))
 
     def load(self, image_id: str) -> np.ndarray:
-        return read_png(self.root / self._row(image_id)["file"])
+        row = self._row(image_id)
+        return read_png(self.root / row["file"], sha256=row["sha256"])
 
     def mask_names(self, image_id: str) -> list[str]:
         return list(self._row(image_id)["masks"] or [])

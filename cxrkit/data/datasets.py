@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from cxrkit.config import DataConfig, PreprocessConfig
+from cxrkit.data import cache as cache_layout
 from cxrkit.data.cache import ERRORS_FILE, INDEX_FILE, RECIPE_FILE, Cache
 from cxrkit.data.records import SPLITS, Box, Record, read_manifest
 from cxrkit.errors import ConfigError, DataError, MissingFileError
@@ -223,23 +224,17 @@ def _wait_for_index(root: Path, *, rank: int) -> None:
 
 
 def _check_recipe(root: Path, wanted: PreprocessConfig) -> None:
-    path = root / RECIPE_FILE
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: unreadable recipe ({exc}); delete {root} to rebuild") from exc
+    stored = cache_layout.read_recipe(root)
     expected = asdict(wanted)
-    changed = [k for k in expected if not isinstance(stored, dict) or stored.get(k) != expected[k]]
+    changed = [k for k in cache_layout.recipe_differences(stored, expected) if k in expected]
     if changed:
         details = ", ".join(
-            f"{k}: cache {stored.get(k) if isinstance(stored, dict) else None!r} "
-            f"vs config {expected[k]!r}"
-            for k in changed
+            f"{k}: cache {stored.get(k)!r} vs config {expected[k]!r}" for k in changed
         )
         raise ConfigError(
             f"the cache at {root} was built with a different recipe than data.preprocess "
-            f"({details}); {path} must match the config: point data.cache at another directory, "
-            f"set data.preprocess to the cache's recipe, or delete {root} to rebuild it"
+            f"({details}); {root / RECIPE_FILE} must match the config: point data.cache at another "
+            f"directory, set data.preprocess to the cache's recipe, or delete {root} to rebuild it"
         )
 
 

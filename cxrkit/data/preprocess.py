@@ -386,21 +386,17 @@ def _check_or_write_recipe(out_dir: Path, recipe: PreprocessConfig) -> None:
     path = out_dir / cache.RECIPE_FILE
     wanted = _recipe_dict(recipe)
     if path.is_file():
-        try:
-            existing = json.loads(path.read_text())
-        except ValueError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc}); delete it and rerun") from exc
-        if existing != wanted:
-            changed = sorted(
-                k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k)
-            )
+        existing = cache.read_recipe(out_dir)  # refuses the old, colliding item-naming layout
+        changed = cache.recipe_differences(existing, wanted)
+        if changed:
             details = ", ".join(f"{k}: {existing.get(k)!r} -> {wanted.get(k)!r}" for k in changed)
             raise ConfigError(
                 f"{out_dir} holds a cache built with a different recipe ({details}); "
                 f"pick another --out or delete {out_dir}"
             )
         return
-    _write_atomic(path, (json.dumps(wanted, indent=1) + "\n").encode())
+    record = cache.recipe_record(wanted)
+    _write_atomic(path, (json.dumps(record, indent=1) + "\n").encode())
 
 
 def _write_index(out_dir: Path, sidecars: list[dict[str, Any]]) -> None:

@@ -1,4 +1,6 @@
+import hashlib
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -49,11 +51,43 @@ def test_geometry_round_trip_and_clipping():
 
 
 def test_item_keys_are_safe_and_distinct():
-    ids = ["a/b", "a_b", "x" * 300, "ok-1.2"]
+    uid = "1.2.840.113619.2.55.3.604688119.969.1268071029.320"
+    ids = [
+        "a/b",
+        "a_b",
+        "x" * 300,
+        "x" * 301,
+        "ok-1.2",
+        "ok-1.3",
+        "ok-1",  # unsafe, long, dots
+        f"{uid}.1",
+        f"{uid}.2",
+        f"{uid}.10",
+        uid,  # DICOM UIDs: differ only after the last dot
+        "Case",
+        "case",
+        "CASE",  # equal on a case-insensitive file system
+        "caf\u00e9",
+        "cafe\u0301",
+        "caf_",
+        "\u80ba",  # NFC vs NFD, unicode vs its replacement
+    ]
     keys = [cache.item_key(i) for i in ids]
-    assert len(set(keys)) == len(ids)
-    assert all("/" not in k and len(k) <= 150 for k in keys)
-    assert cache.item_key("ok-1.2") == "ok-1.2"
+    assert len({k.casefold() for k in keys}) == len(ids)  # distinct even ignoring case
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}-[0-9a-f]{32}", k) for k in keys)
+    assert cache.item_key("ok-1.2").startswith("ok-1_2-")  # still readable
+    paths = [cache.image_path("root", i) for i in ids]
+    assert len({str(p).casefold() for p in paths}) == len(ids)
+    assert all(p.name == cache.item_key(i) + ".png" for p, i in zip(paths, ids, strict=True))
+    masks = {cache.mask_path("root", uid, name) for name in ("Nodule/Mass", "Nodule_Mass", "a.b")}
+    assert len(masks) == 3
+
+
+def test_many_series_uids_map_to_distinct_files():
+    # The reported case: 1,000 ids "<series UID>.<n>" mapped to 255 files with the old scheme.
+    series = "1.3.6.1.4.1.14519.5.2.1.6279.6001.100225287222365663678666836860"
+    paths = {cache.image_path("root", f"{series}.{n}") for n in range(1000)}
+    assert len(paths) == 1000
 
 
 def _write_finished_cache(root, image):
@@ -72,7 +106,7 @@ def _write_finished_cache(root, image):
         width=8,
         height=8,
     )
-    (root / cache.RECIPE_FILE).write_text("{}")
+    (root / cache.RECIPE_FILE).write_text(json.dumps(cache.recipe_record({})))
     table = pa.Table.from_pylist(
         [
             {
@@ -80,7 +114,7 @@ def _write_finished_cache(root, image):
                 "file": str(png.relative_to(root)),
                 "geometry": json.dumps(geo.to_dict()),
                 "masks": [],
-                "sha256": "",
+                "sha256": hashlib.sha256(png.read_bytes()).hexdigest(),
             }
         ]
     )
@@ -99,7 +133,10 @@ def test_cache_reader(tmp_path):
     with pytest.raises(DataError, match="'nope' is not in the cache"):
         c.load("nope")
     png.write_bytes(b"")
-    with pytest.raises(ImageReadError, match="empty or corrupt"):
+    with pytest.raises(ImageReadError, match="does not match the sha256"):
+        c.load("img1")
+    png.unlink()
+    with pytest.raises(ImageReadError, match="cache file missing"):
         c.load("img1")
 
 

@@ -271,9 +271,10 @@ def test_cache_from_real_nih_images_with_two_workers(shared_data: Path, tmp_path
     assert (summary.done, summary.skipped_existing, summary.failed) == (6, 0, 0)
     assert summary.images_per_second > 0 and summary.errors_file is None
     assert_cache_valid(out, [r.image_id for r in records])
-    assert json.loads((out / cache.RECIPE_FILE).read_text()) == dataclasses.asdict(
-        recipe(clahe=True, clip_percentiles=True)
-    )
+    assert json.loads((out / cache.RECIPE_FILE).read_text()) == {
+        **dataclasses.asdict(recipe(clahe=True, clip_percentiles=True)),
+        cache.LAYOUT_KEY: cache.LAYOUT_VERSION,
+    }
     reader = Cache(out)
     geometry = reader.geometry(records[0].image_id)
     assert geometry.scale_x == 64 / 1024 and geometry.pad_left == 0
@@ -301,6 +302,76 @@ def test_resume_redoes_only_damaged_items(tmp_path: Path) -> None:
     assert cache.sidecar_path(out, ids[3]).stat().st_mtime_ns == untouched
     assert_cache_valid(out, ids)
     assert not list(out.rglob("*.tmp*"))  # no temporary files left behind
+
+
+def uid_records(folder: Path, ids: list[str]) -> list[Record]:
+    """One PNG per id; image i has a bright bar i + 1 pixels wide (its mean identifies it, even
+    after min-max normalisation)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, image_id in enumerate(ids):
+        path = folder / f"f{i}.png"
+        pixels = np.zeros((20, 20), np.uint8)
+        pixels[2:18, 2 : 3 + i] = 200
+        cv2.imwrite(str(path), pixels)
+        records.append(
+            Record(
+                image_id=image_id,
+                source="t",
+                path=str(path),
+                patient_id=f"p{i}",
+                width=20,
+                height=20,
+            )
+        )
+    return records
+
+
+def test_uid_named_images_never_share_a_cache_file(tmp_path: Path) -> None:
+    # DICOM UIDs: the old scheme cut each key at its last dot, so these all named one file.
+    series = "1.2.826.0.1.3680043.8.498.10025629581362719770713346223592"
+    ids = [f"{series}.{n}" for n in range(1, 6)] + [f"{series}.1.1", f"{series}.11", series]
+    records = uid_records(tmp_path / "src", ids)
+    out = tmp_path / "cache"
+    summary = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    assert (summary.done, summary.skipped_existing) == (len(ids), 0)
+    files = {cache.image_path(out, i) for i in ids} | {cache.sidecar_path(out, i) for i in ids}
+    assert len(files) == 2 * len(ids)
+    reader = Cache(out)
+    # Each id loads its own pixels: the mean grows with the bar's width, in the order written.
+    means = [float(reader.load(i).mean()) for i in ids]
+    assert all(a < b for a, b in zip(means, means[1:]))
+    again = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    assert (again.done, again.skipped_existing) == (0, len(ids))
+
+
+def test_swapped_cache_file_is_refused_on_load(tmp_path: Path) -> None:
+    records = uid_records(tmp_path / "src", ["a.1", "a.2"])
+    out = tmp_path / "cache"
+    build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    first, second = cache.image_path(out, "a.1"), cache.image_path(out, "a.2")
+    first.write_bytes(second.read_bytes())  # a valid PNG, but another image's
+    with pytest.raises(ImageReadError, match=r"does not match the sha256 in index\.parquet"):
+        Cache(out).load("a.1")
+    # preprocess notices the damage too, and redoes that item only
+    summary = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    assert (summary.done, summary.skipped_existing) == (1, 1)
+    assert Cache(out).load("a.1").mean() < Cache(out).load("a.2").mean()
+
+
+def test_cache_from_the_old_colliding_layout_is_refused(tmp_path: Path) -> None:
+    records = png_records(tmp_path / "src", 1)
+    out = tmp_path / "cache"
+    build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    recipe_file = out / cache.RECIPE_FILE
+    old = json.loads(recipe_file.read_text())
+    del old[cache.LAYOUT_KEY]  # what caches written before layout 2 hold
+    recipe_file.write_text(json.dumps(old))
+    message = r"item-naming layout 1.*rebuild it \(delete .*cache, or preprocess into a new --out\)"
+    with pytest.raises(ConfigError, match=message):
+        build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    with pytest.raises(ConfigError, match=message):
+        Cache(out)
 
 
 def test_recipe_change_is_refused(tmp_path: Path) -> None:
