@@ -24,7 +24,6 @@ otherwise inherit in the same state, repeating one worker's "random" augmentatio
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle

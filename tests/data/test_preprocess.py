@@ -340,7 +340,7 @@ def test_uid_named_images_never_share_a_cache_file(tmp_path: Path) -> None:
     reader = Cache(out)
     # Each id loads its own pixels: the mean grows with the bar's width, in the order written.
     means = [float(reader.load(i).mean()) for i in ids]
-    assert all(a < b for a, b in zip(means, means[1:]))
+    assert all(a < b for a, b in zip(means, means[1:], strict=False))
     again = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
     assert (again.done, again.skipped_existing) == (0, len(ids))
 
