@@ -12,8 +12,11 @@ A run directory looks like::
     output_dir/checkpoints/last.ckpt  every ``checkpoint_every_n_steps`` optimizer steps and at end
     output_dir/checkpoints/best.ckpt  the best checkpoint by ``monitor``, when a stage names one
 
-Seeding is the stage's job: call ``lightning.seed_everything(config.trainer.seed, workers=True)``
-before building the module so that initialisation is reproducible.
+Every stage starts with :func:`prepare_run` (seed, output directory, saved config, the checkpoint to
+resume from, the cache, and each split's records read once from the manifest) and ends with a
+:class:`RunResult`. One resume rule holds for all: when a checkpoint will be restored, the
+initial-weights file (ImageNet, ``backbone.pth``) is not read; the checkpoint holds every weight,
+and the file may no longer be on this machine.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import pickle
 import zipfile
 from argparse import Namespace
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -40,8 +44,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from cxrkit import config as config_io
-from cxrkit.config import TrainerConfig
-from cxrkit.errors import CheckpointError, MissingFileError, NonFiniteLossError
+from cxrkit.config import DataConfig, TrainerConfig
+from cxrkit.errors import CheckpointError, ConfigError, MissingFileError, NonFiniteLossError
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader, Dataset, Sampler
+
+    from cxrkit.data.cache import Cache
+    from cxrkit.data.records import Record
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -346,3 +356,158 @@ def apply_channels_last_and_compile(module: nn.Module, config: TrainerConfig) ->
             if any(True for _ in child.parameters()):
                 child.compile()
     return module
+
+
+# --------------------------------------------------------------------------------------------------
+# One run of a stage: set up once, read the data once, report one result
+
+
+@dataclass
+class Run:
+    """What :func:`prepare_run` set up for a stage.
+
+    ``records`` maps each requested split to its records (the manifest read once); ``checkpoint``
+    is the checkpoint the run will restore (None for a fresh start).
+    """
+
+    output_dir: Path
+    checkpoint: str | None
+    cache: Cache | None = None
+    records: dict[str, list[Record]] = field(default_factory=dict)
+
+    @property
+    def resuming(self) -> bool:
+        """True when a checkpoint will be restored: do not read initial-weights files."""
+        return self.checkpoint is not None
+
+
+@dataclass
+class RunResult:
+    """What a stage's ``fit`` returns.
+
+    ``checkpoint`` is the checkpoint the exported model came from (best by the stage's monitor,
+    else last); ``artifacts`` names the files a user takes on (``"backbone"``, ``"detector"``,
+    ``"model"``, ``"predictions"``, ...); ``metrics`` the run's headline numbers.
+    """
+
+    output_dir: Path
+    checkpoint: Path | None
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def check_output_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) as a writable folder, or raise :class:`ConfigError` naming it.
+
+    Checked before any work starts, so a read-only or mistyped output path fails in a second, not
+    after the training.
+    """
+    path = Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{path}: output directory is below a file ({parent})")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create the output directory ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{path}: output directory is not writable")
+    return path
+
+
+def prepare_run(
+    config: Any,
+    *,
+    resume: str | Path | bool = "auto",
+    data: DataConfig | None = None,
+    splits: Sequence[str] = (),
+    seed: int | None = None,
+) -> Run:
+    """Set up a stage's run: the one preamble every ``fit`` shares.
+
+    In order: the output directory (``config.output_dir``) is checked; the checkpoint to resume
+    from is resolved and opened safely (:func:`resolve_resume`); the RNGs are seeded
+    (``config.trainer.seed`` unless ``seed``) so initialisation is reproducible; the resolved
+    config is saved; and when ``data`` is given the manifest is read once, the cache opened (built
+    on first use) and each split in ``splits`` kept.
+
+    Raises:
+        ConfigError, MissingFileError, CheckpointError, DataError: as the steps above.
+    """
+    import lightning as L
+
+    out = check_output_dir(Path(config.output_dir))
+    checkpoint = resolve_resume(out, resume)
+    L.seed_everything(config.trainer.seed if seed is None else seed, workers=True)
+    save_run_config(config, out)
+    run = Run(output_dir=out, checkpoint=checkpoint)
+    if data is not None:
+        from cxrkit.data import datasets
+
+        records = datasets.load_records(data)
+        run.cache = datasets.open_cache(data, records=records)
+        run.records = {split: [r for r in records if r.split == split] for split in splits}
+    return run
+
+
+def build_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    train: bool,
+    drop_last: bool = False,
+    sampler: Sampler | None = None,
+) -> DataLoader:
+    """The DataLoader every stage uses: cxrkit's ``collate``, shuffled when training (unless a
+    ``sampler`` decides the order), worker processes kept alive, pinned memory on a GPU machine."""
+    from torch.utils.data import DataLoader
+
+    from cxrkit.data.datasets import collate
+
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def inference_device(accelerator: str) -> torch.device:
+    """The device for inference: ``"auto"`` (or a trainer accelerator such as ``"gpu"``) is CUDA
+    when available; ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` are taken as given.
+
+    Raises:
+        ConfigError: anything else, or CUDA asked for on a machine without it.
+    """
+    text = accelerator.strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    if text in ("auto", "gpu"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {accelerator!r}: no CUDA device on this machine; use cpu")
+        return torch.device(text)
+    raise ConfigError(f"device {accelerator!r} is not auto, cpu, cuda or cuda:N")
+
+
+def best_checkpoint(output_dir: Path) -> Path | None:
+    """``checkpoints/best.ckpt`` when the run kept one, else ``last.ckpt``, else None."""
+    ckpts = Path(output_dir) / CHECKPOINT_DIR
+    for name in (f"{BEST_NAME}.ckpt", LAST_CHECKPOINT):
+        if (ckpts / name).is_file():
+            return ckpts / name
+    return None
+
+
+def load_checkpoint_weights(module: nn.Module, path: Path) -> None:
+    """Load a Lightning checkpoint's ``state_dict`` into ``module`` (strict, ``weights_only``)."""
+    check_checkpoint(Path(path))
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    module.load_state_dict(blob["state_dict"], strict=True)

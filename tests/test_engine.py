@@ -232,3 +232,88 @@ def test_checkpoint_error_at_the_cli_has_no_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
     assert "last.ckpt: not a complete checkpoint" in err and "--resume never" in err
+
+
+def test_prepare_run_reads_the_manifest_once_and_keeps_each_split(tmp_path, monkeypatch):
+    import cv2
+    import numpy as np
+
+    from cxrkit.config import DataConfig, PreprocessConfig
+    from cxrkit.data import datasets, records
+    from cxrkit.data.records import Record
+
+    rows = []
+    for i, split in enumerate(["train", "train", "val", "test"]):
+        path = tmp_path / f"i{i}.png"
+        cv2.imwrite(str(path), np.full((32, 32), 40 * i, np.uint8))
+        rows.append(
+            Record(
+                image_id=f"i{i}",
+                source="t",
+                path=str(path),
+                patient_id=f"p{i}",
+                width=32,
+                height=32,
+                split=split,
+            )
+        )
+    records.write_manifest(rows, tmp_path / "m.parquet")
+    reads = []
+    real = datasets.read_manifest
+    monkeypatch.setattr(datasets, "read_manifest", lambda p: reads.append(p) or real(p))
+    data = DataConfig(
+        manifest=str(tmp_path / "m.parquet"),
+        cache=str(tmp_path / "cache"),
+        preprocess=PreprocessConfig(size=16, clahe=False, clip_percentiles=False),
+    )
+
+    class Config:
+        output_dir = str(tmp_path / "run")
+        trainer = TrainerConfig(seed=3)
+
+    monkeypatch.setattr(engine, "save_run_config", lambda config, out: None)
+    (tmp_path / "cache").mkdir()
+    datasets.open_cache(data)  # build the cache first: a first build reads the manifest itself
+    reads.clear()
+    run = engine.prepare_run(Config(), data=data, splits=("train", "val"))
+    assert len(reads) == 1
+    assert [r.image_id for r in run.records["train"]] == ["i0", "i1"]
+    assert [r.image_id for r in run.records["val"]] == ["i2"] and "test" not in run.records
+    assert run.cache is not None and "i3" in run.cache
+    assert run.checkpoint is None and not run.resuming
+
+
+def test_check_output_dir_names_the_problem(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(engine.ConfigError, match="below a file"):
+        engine.check_output_dir(tmp_path / "file" / "run")
+    with pytest.raises(engine.ConfigError, match="below a file"):
+        engine.check_output_dir(tmp_path / "file")
+    assert engine.check_output_dir(tmp_path / "a" / "b").is_dir()
+
+
+def test_best_checkpoint_prefers_best_then_last(tmp_path):
+    assert engine.best_checkpoint(tmp_path) is None
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "last.ckpt").write_bytes(b"x")
+    assert engine.best_checkpoint(tmp_path) == ckpts / "last.ckpt"
+    (ckpts / "best.ckpt").write_bytes(b"x")
+    assert engine.best_checkpoint(tmp_path) == ckpts / "best.ckpt"
+
+
+def test_inference_device_and_loader():
+    assert engine.inference_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert engine.inference_device("auto") == torch.device("cpu")
+        with pytest.raises(engine.ConfigError, match="no CUDA device"):
+            engine.inference_device("cuda:0")
+    with pytest.raises(engine.ConfigError, match="not auto, cpu, cuda or cuda:N"):
+        engine.inference_device("tpu")
+    items = [{"image_id": f"i{k}", "image": torch.zeros(1, 2, 2)} for k in range(5)]
+    loader = engine.build_loader(items, batch_size=2, num_workers=0, train=False)
+    batches = list(loader)
+    assert [b["image_id"] for b in batches] == [["i0", "i1"], ["i2", "i3"], ["i4"]]
+    assert batches[0]["image"].shape == (2, 1, 2, 2)
+    dropped = engine.build_loader(items, batch_size=2, num_workers=0, train=True, drop_last=True)
+    assert len(list(dropped)) == 2

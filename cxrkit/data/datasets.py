@@ -41,6 +41,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from cxrkit.config import DataConfig, PreprocessConfig
 from cxrkit.data import cache as cache_layout
+from cxrkit.data import findings as findings_mod
 from cxrkit.data.cache import ERRORS_FILE, INDEX_FILE, RECIPE_FILE, Cache
 from cxrkit.data.records import SPLITS, Box, Record, read_manifest
 from cxrkit.errors import ConfigError, DataError, MissingFileError
@@ -484,26 +485,11 @@ class _Packed:
         return pickle.loads(self._buffer[start : int(self._ends[index])].tobytes())
 
 
-def _parse_groups(entries: Sequence[str], *, what: str) -> list[tuple[str, tuple[str, ...]]]:
-    """Parse names and groups: ``"Nodule/Mass=Nodule|Mass"`` -> ("Nodule/Mass", ("Nodule", "Mass"))
-    and ``"X"`` -> ("X", ("X",))."""
-    if isinstance(entries, str):
-        raise ConfigError(f"{what} must be a list of names, got the string {entries!r}")
-    groups, seen = [], set()
-    for entry in entries:
-        name, sep, members = entry.partition("=")
-        names = tuple(m.strip() for m in members.split("|")) if sep else (entry.strip(),)
-        name = name.strip()
-        if not name or not all(names):
-            raise ConfigError(
-                f"{what}: {entry!r} is not a name or a group 'Name=Member|Member' with non-empty "
-                "names"
-            )
-        if name in seen:
-            raise ConfigError(f"{what}: {name!r} is listed twice")
-        seen.add(name)
-        groups.append((name, names))
-    return groups
+def _parse_groups(entries: Sequence[str], *, what: str) -> list[findings_mod.Finding]:
+    try:
+        return findings_mod.parse_all(entries, what=what)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -682,13 +668,13 @@ class ClassificationDataset(_CacheDataset):
                 )
         self._items = _Packed(self._plan(r, groups) for r in records)
 
-    def _plan(self, record: Record, groups: list[tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
+    def _plan(self, record: Record, groups: list[findings_mod.Finding]) -> dict[str, Any]:
         labels = np.zeros(len(groups), np.float32)
         known = np.zeros(len(groups), np.float32)
-        for i, (_, members) in enumerate(groups):
-            values = [record.labels[m] for m in members if m in record.labels]
-            if values:
-                known[i], labels[i] = 1.0, float(max(values))
+        for i, finding in enumerate(groups):
+            value = findings_mod.label(record.labels, finding)
+            if value is not None:
+                known[i], labels[i] = 1.0, float(value)
         return {
             "image_id": record.image_id,
             "view": record.view,

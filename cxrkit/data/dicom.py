@@ -23,7 +23,7 @@ from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 from pydicom.pixels import apply_voi_lut as pydicom_apply_voi_lut
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from cxrkit.data.sources.classes import normalize_view
+from cxrkit.data.vocab import normalize_view
 from cxrkit.errors import DicomReadError
 
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")

@@ -46,7 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cxrkit.data.sources import classes
+from cxrkit.data import vocab
 from cxrkit.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ VINDR_NAMES: dict[str, str] = {
 }
 #: VinDr-CXR PhysioNet image-level labels: 22 local labels then 6 global ones, in the file's order
 #: (the adapter's own table, so the phantoms can never drift from what `prepare vindr` accepts).
-VINDR_LABELS: tuple[str, ...] = (*classes.VINDR_LOCAL, *classes.VINDR_GLOBAL)
+VINDR_LABELS: tuple[str, ...] = (*vocab.VINDR_LOCAL, *vocab.VINDR_GLOBAL)
 VINDR_NO_FINDING = "No finding"
 VINDR_READERS: tuple[str, ...] = ("R8", "R9", "R10")
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cxrkit.config import DataConfig, PreprocessConfig, TrainerConfig
-from cxrkit.data.sources.classes import VINDR_KAGGLE_IDS, VINDR_NO_FINDING
+from cxrkit.data.vocab import VINDR_KAGGLE_IDS, VINDR_NO_FINDING
 from cxrkit.errors import ConfigError
 
 # The 14 VinBigData/VinDr-CXR box classes in Kaggle class-id order (0..13); the Kaggle submission

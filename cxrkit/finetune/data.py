@@ -5,7 +5,7 @@ Runs before :class:`cxrkit.data.datasets.DetectionDataset`, which then sees one 
 1. ``class_map`` renames findings (e.g. a rare VinDr local label to ``"Other lesion"``);
 2. boxes of an ``ignore``-d finding are dropped on purpose; any other finding that is not a class
    is a :class:`~cxrkit.errors.DataError` naming the image and the finding (never dropped silently);
-3. the readers' boxes are fused (:mod:`cxrkit.finetune.fusion`, method from the config);
+3. the readers' boxes are fused (:mod:`cxrkit.data.fusion`, method from the config);
 4. for training, images left without a box ("No finding") are kept as negatives with empty targets,
    a seeded ``negatives_fraction`` of them.
 """
@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from cxrkit.data.fusion import fuse_records
 from cxrkit.data.records import Record
 from cxrkit.errors import DataError
 from cxrkit.finetune.config import FinetuneConfig
-from cxrkit.finetune.fusion import fuse_records
 
 
 def map_classes(

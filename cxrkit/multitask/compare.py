@@ -12,7 +12,6 @@ the records: 1 if any member is 1, 0 if every labelled member is 0 (as the datas
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -22,8 +21,9 @@ from typing import Any
 
 import pandas as pd
 
+from cxrkit.data.findings import expand_records
+from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
-from cxrkit.multitask.config import split_finding
 
 COLUMNS = (
     "finding",
@@ -46,27 +46,6 @@ COLUMNS = (
     "gap_change_p_value",
 )
 MEAN_ROW = "mean"
-
-
-def grouped_records(records: Sequence[Record], findings: Sequence[str]) -> list[Record]:
-    """Copies of ``records`` whose labels also hold each group entry's label under its name.
-
-    ``"Nodule/Mass=Nodule|Mass"`` adds ``labels["Nodule/Mass"] = max(labelled members)``; an image
-    with no member labelled stays unknown. Plain entries leave the labels as they are.
-    """
-    groups = [split_finding(f) for f in findings]
-    groups = [(name, members) for name, members in groups if members != [name]]
-    if not groups:
-        return list(records)
-    out = []
-    for record in records:
-        labels = dict(record.labels)
-        for name, members in groups:
-            values = [record.labels[m] for m in members if m in record.labels]
-            if values:
-                labels[name] = max(values)
-        out.append(dataclasses.replace(record, labels=labels))
-    return out
 
 
 def _value(x: Any) -> float:
@@ -139,8 +118,8 @@ def compare_models(
 
     names = None
     if findings is not None:
-        records = grouped_records(records, findings)
-        names = [split_finding(f)[0] for f in findings]
+        records = expand_records(records, findings)
+        names = [parse_finding(f)[0] for f in findings]
     comparison = classification.compare(
         predictions_model1,
         predictions_model2,

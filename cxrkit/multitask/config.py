@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cxrkit.config import DataConfig, TrainerConfig
+from cxrkit.data.findings import parse as parse_finding
 
 # KCR abstract: the five findings, in NIH ChestX-ray14 naming (Nodule and Mass grouped).
 KCR_FINDINGS_NIH = [
@@ -36,21 +37,6 @@ KCR_FINDINGS_VINDR = [
 ENCODERS = ("resnet50", "densenet121", "resnet18")
 INITS = ("imagenet", "barlow_twins", "random")
 TASKS = ("multilabel", "screening")
-
-
-def split_finding(entry: str) -> tuple[str, list[str]]:
-    """``"Nodule/Mass=Nodule|Mass"`` -> ``("Nodule/Mass", ["Nodule", "Mass"])``; ``"X"`` -> ``("X",
-    ["X"])``.
-
-    Raises:
-        ValueError: an empty name or an empty member list.
-    """
-    name, sep, members = entry.partition("=")
-    name = name.strip()
-    parts = [m.strip() for m in members.split("|")] if sep else [name]
-    if not name or not all(parts):
-        raise ValueError(f"finding entry {entry!r} is not 'Name' or 'Name=Member|Member'")
-    return name, parts
 
 
 @dataclass
@@ -216,7 +202,7 @@ class ScreeningConfig:
             raise ValueError("screening.weak_records must be 'without_masks' or 'all'")
         if not 0 < self.target_sensitivity <= 1:
             raise ValueError("screening.target_sensitivity must be in (0, 1]")
-        names = [split_finding(entry)[0] for entry in self.diseases]
+        names = [parse_finding(entry)[0] for entry in self.diseases]
         if len(set(names)) != len(names):
             raise ValueError(f"screening.diseases has duplicate names: {names}")
         for group, members in self.groups().items():
@@ -229,7 +215,7 @@ class ScreeningConfig:
 
     def groups(self) -> dict[str, list[str]]:
         """``risk_groups`` as ``{group: [disease name, ...]}`` in priority order."""
-        return dict(split_finding(entry) for entry in self.risk_groups)
+        return dict(parse_finding(entry) for entry in self.risk_groups)
 
 
 @dataclass
@@ -257,7 +243,7 @@ class MultiTaskConfig:
             raise ValueError("findings is empty")
         if self.task == "screening" and not self.screening.diseases:
             raise ValueError("task=screening needs screening.diseases")
-        names = [split_finding(entry)[0] for entry in self.findings]
+        names = [parse_finding(entry)[0] for entry in self.findings]
         if len(set(names)) != len(names):
             raise ValueError(f"findings has duplicate names: {names}")
 

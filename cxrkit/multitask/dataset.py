@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
 from cxrkit.errors import DataError
 from cxrkit.multitask import targets
-from cxrkit.multitask.config import MultiTaskConfig, split_finding
+from cxrkit.multitask.config import MultiTaskConfig
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def lesion_members(config: MultiTaskConfig, *, disease: str | None = None) -> li
         entries = config.findings
     members: list[str] = []
     for entry in entries:
-        members += [m for m in split_finding(entry)[1] if m not in members]
+        members += [m for m in parse_finding(entry)[1] if m not in members]
     return members
 
 

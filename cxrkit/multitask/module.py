@@ -23,8 +23,9 @@ from torch import Tensor
 
 from cxrkit import engine
 from cxrkit.config import to_dict
+from cxrkit.data.findings import parse as parse_finding
 from cxrkit.multitask import losses as terms
-from cxrkit.multitask.config import MultiTaskConfig, split_finding
+from cxrkit.multitask.config import MultiTaskConfig
 from cxrkit.multitask.dataset import mask_layout
 from cxrkit.multitask.model import MultiTaskModel, build_from_config
 from cxrkit.multitask.targets import DISEASE, NORMAL, OTHER, lesion_mask, reconstruction_target
@@ -73,7 +74,7 @@ class MultiTaskModule(L.LightningModule):
         self.monitor = monitor
         self.screening = screening
         self.layout = mask_layout(config, disease=disease)
-        self.findings = [split_finding(f)[0] for f in config.findings]
+        self.findings = [parse_finding(f)[0] for f in config.findings]
         num_outputs = 3 if screening else len(self.findings)
         self.model: MultiTaskModel = build_from_config(
             config, num_outputs=num_outputs, load_weights=load_weights

@@ -40,10 +40,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from cxrkit import engine
 from cxrkit.data import datasets
 from cxrkit.data.cache import Cache
+from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
 from cxrkit.errors import DataError, MissingFileError
 from cxrkit.multitask import targets
-from cxrkit.multitask.config import MultiTaskConfig, StageConfig, split_finding
+from cxrkit.multitask.config import MultiTaskConfig, StageConfig
 from cxrkit.multitask.dataset import lesion_members
 from cxrkit.multitask.model import MultiTaskModel
 from cxrkit.multitask.module import MultiTaskModule
@@ -72,7 +73,7 @@ TRUSTED_TYPES = (
 
 def member_slug(disease: str) -> str:
     """Folder name of a member: ``"Nodule/Mass=Nodule|Mass"`` -> ``"Nodule_Mass"``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", split_finding(disease)[0]).strip("_") or "disease"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", parse_finding(disease)[0]).strip("_") or "disease"
 
 
 def _sha256(path: Path) -> str:
@@ -91,7 +92,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def feature_names(diseases: Sequence[str]) -> list[str]:
     """SVM input columns: ``<disease>:<class>`` for each member, in member order."""
-    return [f"{split_finding(d)[0]}:{c}" for d in diseases for c in targets.THREE_CLASSES]
+    return [f"{parse_finding(d)[0]}:{c}" for d in diseases for c in targets.THREE_CLASSES]
 
 
 def stage_records(
@@ -103,7 +104,7 @@ def stage_records(
     ``reconstruction.empty_when_negative``) when it is labelled normal. The weak stage takes the
     images without lesion masks (``weak_records=without_masks``) or all (``all``).
     """
-    names = {m for d in config.screening.diseases for m in split_finding(d)[1]}
+    names = {m for d in config.screening.diseases for m in parse_finding(d)[1]}
     hard, weak = [], []
     for r in records:
         has_mask = any(n in r.mask_paths for n in names)
@@ -312,7 +313,7 @@ def risk_groups(config: MultiTaskConfig) -> dict[str, list[str]]:
     groups = config.screening.groups()
     if not groups:
         return {g: list(fs) for g, fs in DEFAULT_RISK_GROUPS.items()}
-    spellings = {split_finding(d)[0]: split_finding(d)[1] for d in config.screening.diseases}
+    spellings = {parse_finding(d)[0]: parse_finding(d)[1] for d in config.screening.diseases}
     out: dict[str, list[str]] = {}
     for group, names in groups.items():
         out[group] = []
@@ -360,7 +361,7 @@ def _fit_stage(
     if init_state is not None:
         module.model.load_state_dict(init_state, strict=True)
     if not records:
-        log.warning("%s: no image for stage %r; stage skipped", split_finding(disease)[0], stage)
+        log.warning("%s: no image for stage %r; stage skipped", parse_finding(disease)[0], stage)
         return module
     engine.apply_channels_last_and_compile(module.model, config.trainer)
     trainer_config = dataclasses.replace(config.trainer, max_steps=settings.max_steps)
@@ -409,7 +410,7 @@ def train_member(
     """
     final = output_dir / MEMBER_FILE
     if final.is_file():
-        log.info("%s: %s exists, member kept", split_finding(disease)[0], final)
+        log.info("%s: %s exists, member kept", parse_finding(disease)[0], final)
         return final
     hard, weak = stage_records(train_records, config=config)
     members = lesion_members(config, disease=disease)
@@ -418,13 +419,13 @@ def train_member(
     ):
         log.warning(
             "%s: no training image is labelled with it (%s); its member learns normal/other only",
-            split_finding(disease)[0],
+            parse_finding(disease)[0],
             "/".join(members),
         )
     if not any(any(m in r.mask_paths for m in members) for r in hard):
         log.warning(
             "%s: no training image has a %s mask; the reconstruction stage sees only empty targets",
-            split_finding(disease)[0],
+            parse_finding(disease)[0],
             "/".join(members),
         )
     first = _fit_stage(

@@ -25,9 +25,10 @@ from cxrkit import engine
 from cxrkit.config import to_dict
 from cxrkit.data import datasets
 from cxrkit.data.cache import Cache
+from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
 from cxrkit.errors import DataError, MissingFileError
-from cxrkit.multitask.config import MultiTaskConfig, config_from_dict, split_finding
+from cxrkit.multitask.config import MultiTaskConfig, config_from_dict
 from cxrkit.multitask.dataset import MaskLayout, MultiTaskDataset, mask_layout
 from cxrkit.multitask.model import MultiTaskModel, build_from_config
 from cxrkit.multitask.module import MultiTaskModule
@@ -60,7 +61,7 @@ def build_dataset(
     return MultiTaskDataset(
         base=base,
         records=records,
-        disease_members=split_finding(disease)[1] if disease is not None else None,
+        disease_members=parse_finding(disease)[1] if disease is not None else None,
         lung_channel=layout.lung,
         min_overlap=config.location.min_overlap,
     )
@@ -108,7 +109,7 @@ def predictions_frame(
     ids: Sequence[str], probs: torch.Tensor, findings: Sequence[str]
 ) -> pd.DataFrame:
     """Long table ``image_id, finding, score`` from FloatTensor[N, F] scores."""
-    names = [split_finding(f)[0] for f in findings]
+    names = [parse_finding(f)[0] for f in findings]
     return pd.DataFrame(
         {
             "image_id": [i for i in ids for _ in names],
@@ -246,7 +247,7 @@ def fit(config: MultiTaskConfig) -> Path:
     best = _best_or_last(out) if has_val else None
     if best is not None and best.name != engine.LAST_CHECKPOINT:
         load_checkpoint_weights(module, best)
-    findings = [split_finding(f)[0] for f in config.findings]
+    findings = [parse_finding(f)[0] for f in config.findings]
     save_model(module.model, config, out / MODEL_FILE, findings=findings)
     split = config.predict_split
     records = datasets.load_records(config.data, split=split, cache=cache)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cxrkit.config import DataConfig, TrainerConfig
-from cxrkit.data.sources import classes
+from cxrkit.data import vocab
 
 INITS = ("imagenet", "random", "checkpoint")
 RECIPES = ("byol", "cxr")
@@ -93,7 +93,7 @@ class PretrainConfig:
 
 
 # NIH ChestX-ray14: the 14 findings + "No Finding", from the adapter's class table.
-FINDINGS_NIH = (*classes.NIH_FINDINGS, classes.NIH_NO_FINDING)
+FINDINGS_NIH = (*vocab.NIH_FINDINGS, vocab.NIH_NO_FINDING)
 
 
 @dataclass

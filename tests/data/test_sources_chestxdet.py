@@ -12,7 +12,7 @@ import pytest
 from cxrkit import cli
 from cxrkit.data.records import read_manifest
 from cxrkit.data.sources import Issues, chestxdet
-from cxrkit.data.sources.classes import CHESTXDET_FINDINGS
+from cxrkit.data.vocab import CHESTXDET_FINDINGS
 from cxrkit.errors import DataError, ImageReadError, MissingFileError
 
 

@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from cxrkit import cli
 from cxrkit.data.records import read_manifest
 from cxrkit.data.sources import Issues, folder
-from cxrkit.data.sources.classes import normalize_view
+from cxrkit.data.vocab import normalize_view
 from cxrkit.errors import ConfigError, DataError, ImageReadError, MissingFileError
 
 

@@ -14,7 +14,7 @@ import pytest
 from cxrkit import cli
 from cxrkit.data.records import read_manifest
 from cxrkit.data.sources import Issues, nih
-from cxrkit.data.sources.classes import NIH, NIH_FINDINGS
+from cxrkit.data.vocab import NIH, NIH_FINDINGS
 from cxrkit.errors import DataError, ImageReadError, MissingFileError
 
 SUBSET = "Data_Entry_2017_subset.csv"

@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from cxrkit import cli
 from cxrkit.data.records import read_manifest
 from cxrkit.data.sources import Issues, vindr
-from cxrkit.data.sources.classes import VINDR, VINDR_GLOBAL, VINDR_KAGGLE_IDS, VINDR_LOCAL
+from cxrkit.data.vocab import VINDR, VINDR_GLOBAL, VINDR_KAGGLE_IDS, VINDR_LOCAL
 from cxrkit.errors import DataError, ImageReadError, MissingFileError
 
 LABELS_28 = [*VINDR_LOCAL, *VINDR_GLOBAL]

@@ -13,10 +13,11 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cxrkit.data.fusion import fuse_boxes
 from cxrkit.data.records import Box
 from cxrkit.errors import DataError
 from cxrkit.eval import detection
-from cxrkit.eval.ground_truth import fuse_reader_boxes, ground_truth_boxes
+from cxrkit.eval.ground_truth import ground_truth_boxes
 
 COLUMNS = ["image_id", "finding", "score", "x1", "y1", "x2", "y2"]
 
@@ -275,15 +276,15 @@ def test_fuse_reader_boxes_averages_overlapping_readers():
         box("Mass", 12, 12, 52, 52, "R3"),  # another finding: never merged with the nodules
         box("Nodule", 70, 70, 90, 90, "R2"),  # far away: kept alone
     ]
-    fused = fuse_reader_boxes(boxes, width=100, height=100, iou_thr=0.5, method="wbf")
+    fused = fuse_boxes(boxes, width=100, height=100, iou_thr=0.5, method="wbf")
     nodules = sorted(b.xyxy for b in fused if b.finding == "Nodule")
     assert nodules == [pytest.approx((12, 12, 52, 52)), pytest.approx((70, 70, 90, 90))]
     assert [b.xyxy for b in fused if b.finding == "Mass"] == [pytest.approx((12, 12, 52, 52))]
     assert {b.reader for b in fused} == {"fused"}
-    kept = fuse_reader_boxes(boxes, width=100, height=100, method="nms")
+    kept = fuse_boxes(boxes, width=100, height=100, method="nms")
     assert len([b for b in kept if b.finding == "Nodule"]) == 2
-    assert fuse_reader_boxes(boxes, width=100, height=100, method="none") == boxes
-    assert fuse_reader_boxes([], width=100, height=100) == []
+    assert fuse_boxes(boxes, width=100, height=100, method="none") == boxes
+    assert fuse_boxes([], width=100, height=100) == []
 
 
 def test_ground_truth_reader_selection(record):

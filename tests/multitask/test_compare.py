@@ -11,10 +11,11 @@ import pytest
 
 from cxrkit import cli
 from cxrkit.config import save
+from cxrkit.data.findings import expand_records
 from cxrkit.data.records import Record
 from cxrkit.eval import classification, views
 from cxrkit.eval.predictions import write_predictions
-from cxrkit.multitask.compare import COLUMNS, compare_models, grouped_records
+from cxrkit.multitask.compare import COLUMNS, compare_models
 from cxrkit.multitask.config import MultiTaskConfig
 
 from .conftest import Phantoms
@@ -28,18 +29,9 @@ def _record(labels: dict[str, int]) -> Record:
     )
 
 
-def test_grouped_records_take_the_max_of_labelled_members() -> None:
-    out = grouped_records(
-        [_record({"Nodule": 0, "Mass": 1}), _record({"Nodule": 0}), _record({"Effusion": 1})],
-        FINDINGS,
-    )
-    assert [r.labels.get("Nodule/Mass") for r in out] == [1, 0, None]
-    assert out[2].labels == {"Effusion": 1}
-
-
 def _predictions(records: list[Record], *, noise: float, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    grouped = grouped_records(records, FINDINGS)
+    grouped = expand_records(records, FINDINGS)
     rows = []
     for r in grouped:
         for name in ("Consolidation", "Nodule/Mass", "Effusion"):
@@ -54,7 +46,7 @@ def test_kcr_table_equals_eval_results(phantoms: Phantoms) -> None:
     table, details = compare_models(model1, model2, records, findings=FINDINGS, n_bootstrap=50)
     assert list(table.columns) == list(COLUMNS)
     assert list(table["finding"]) == ["Consolidation", "Nodule/Mass", "Effusion", "mean"]
-    grouped = grouped_records(records, FINDINGS)
+    grouped = expand_records(records, FINDINGS)
     names = ["Consolidation", "Nodule/Mass", "Effusion"]
     direct = classification.compare(model1, model2, grouped, findings=names, n_bootstrap=50)
     gaps = views.evaluate(model1, grouped, predictions_b=model2, findings=names, n_bootstrap=50)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cxrkit.config import load, to_dict
+from cxrkit.data.findings import parse as parse_finding
 from cxrkit.errors import ConfigError
 from cxrkit.eval.screening import DEFAULT_RISK_GROUPS, normalise
 from cxrkit.multitask.config import (
@@ -12,7 +13,6 @@ from cxrkit.multitask.config import (
     KCR_FINDINGS_VINDR,
     MultiTaskConfig,
     config_from_dict,
-    split_finding,
 )
 from cxrkit.multitask.dataset import mask_layout
 
@@ -63,11 +63,11 @@ def test_screening_config_matches_eval_risk_table() -> None:
     assert list(s.groups()) == list(DEFAULT_RISK_GROUPS)  # same groups, same priority
     for group, names in s.groups().items():
         for name in names:
-            entry = next(d for d in s.diseases if split_finding(d)[0] == name)
-            for spelling in [name, *split_finding(entry)[1]]:
+            entry = next(d for d in s.diseases if parse_finding(d)[0] == name)
+            for spelling in [name, *parse_finding(entry)[1]]:
                 assert eval_group.get(normalise(spelling)) == group, spelling
     grouped = {n for names in s.groups().values() for n in names}
-    assert grouped == {split_finding(d)[0] for d in s.diseases}
+    assert grouped == {parse_finding(d)[0] for d in s.diseases}
 
 
 @pytest.mark.parametrize(

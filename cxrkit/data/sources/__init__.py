@@ -235,7 +235,7 @@ def probe_image(path: Path) -> dict[str, Any]:
     """
     from cxrkit.data.dicom import read_dicom_header
     from cxrkit.data.images import image_size, is_dicom
-    from cxrkit.data.sources.classes import normalize_view
+    from cxrkit.data.vocab import normalize_view
 
     if is_dicom(path):
         header = read_dicom_header(path)

@@ -31,7 +31,7 @@ import numpy as np
 
 from cxrkit.data.records import Box, Record, check_box
 from cxrkit.data.sources import Issues, index_files, read_csv, read_many, resolve_input
-from cxrkit.data.sources.classes import (
+from cxrkit.data.vocab import (
     CHESTXDET,
     CHESTXDET_FINDINGS,
     CHESTXDET_NO_FINDING,

@@ -43,7 +43,7 @@ from cxrkit.data.sources import (
     read_many,
     resolve_input,
 )
-from cxrkit.data.sources.classes import ClassTable, normalize_view, open_table
+from cxrkit.data.vocab import ClassTable, normalize_view, open_table
 from cxrkit.errors import ConfigError, DataError, ImageReadError, MissingFileError
 
 COLUMN_KEYS = ("path", "image_id", "patient_id", "view", "split", "labels")

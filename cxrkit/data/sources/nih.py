@@ -38,7 +38,7 @@ from cxrkit.data.sources import (
     read_many,
     resolve_input,
 )
-from cxrkit.data.sources.classes import NIH, NIH_FINDINGS, NIH_NO_FINDING, normalize_view
+from cxrkit.data.vocab import NIH, NIH_FINDINGS, NIH_NO_FINDING, normalize_view
 from cxrkit.errors import DataError, ImageReadError, MissingFileError
 
 SOURCE = "nih"

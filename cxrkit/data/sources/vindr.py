@@ -51,7 +51,7 @@ from cxrkit.data.sources import (
     read_csv,
     read_many,
 )
-from cxrkit.data.sources.classes import (
+from cxrkit.data.vocab import (
     VINDR,
     VINDR_GLOBAL,
     VINDR_KAGGLE,

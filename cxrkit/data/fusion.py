@@ -8,6 +8,9 @@ confidence 1 and every reader weight 1, so a WBF box is the plain average of its
 
 Boxes go in and come out in **original pixels** (x1y1x2y2); ``ensemble-boxes`` wants them
 normalised to [0, 1] by the image's width and height, which happens here and is undone on return.
+
+One implementation for training (``cxrkit.finetune``) and evaluation (``cxrkit.eval``'s fused
+ground truth), with one box order, so that both see the same boxes.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
-from ensemble_boxes import nms, weighted_boxes_fusion
 
 from cxrkit.data.records import Box, Record
-from cxrkit.errors import ConfigError
+from cxrkit.errors import ConfigError, DataError
 
 FUSED_READER = "fused"
+METHODS = ("wbf", "nms", "none")
 
 
 def fuse_boxes(
@@ -50,10 +53,17 @@ def fuse_boxes(
         The fused boxes, original pixels, ``reader == "fused"`` (unchanged boxes for ``"none"``),
         sorted by finding then position so the result does not depend on the readers' order.
     """
-    if method not in ("wbf", "nms", "none"):
+    if method not in METHODS:
         raise ConfigError(f"fusion method must be 'wbf', 'nms' or 'none', got {method!r}")
+    if not 0 < iou_thr <= 1:
+        raise ConfigError(f"fusion iou_thr must lie in (0, 1], got {iou_thr}")
     if method == "none" or not boxes:
         return list(boxes)
+    if width <= 0 or height <= 0:
+        raise DataError(f"image size {width}x{height} is not positive")
+    # imported here: ensemble-boxes pulls in numba, whose first import takes seconds
+    from ensemble_boxes import nms, weighted_boxes_fusion
+
     findings = sorted({b.finding for b in boxes})
     label_of = {name: i for i, name in enumerate(findings)}
     readers = sorted({b.reader for b in boxes})

@@ -1,10 +1,11 @@
 """The ``cxrkit`` command: one subcommand per stage.
 
-Each subcommand lives beside the code it drives, in a module with a ``register(subparsers)``
-function that adds its parser and sets ``func`` (called with the parsed arguments, returning an exit
-code). Heavy imports (torch, Lightning) happen inside those functions so ``cxrkit --help`` stays
-quick. Errors a user can cause (:class:`cxrkit.errors.CxrkitError`) are printed as one message,
-without a traceback.
+All argument parsing lives in this package: one module per command (``cxrkit/cli/<command>.py``)
+with a ``register(subparsers)`` function that adds its parser and sets ``func`` (called with the
+parsed arguments, returning an exit code); :mod:`cxrkit.cli.common` holds what they share. A handler
+parses, calls one library function, and prints. Heavy imports (torch, Lightning) happen inside the
+handlers so ``cxrkit --help`` stays quick. Errors a user can cause
+(:class:`cxrkit.errors.CxrkitError`) are printed as one message, without a traceback.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from cxrkit.errors import CxrkitError
 
 # subcommand -> module defining register(subparsers), in the order `--help` lists them
 COMMANDS: dict[str, str] = {
-    "synth": "cxrkit.data.synthetic",
-    "prepare": "cxrkit.data.sources",
-    "preprocess": "cxrkit.data.preprocess",
-    "pretrain": "cxrkit.pretrain.cli",
-    "finetune": "cxrkit.finetune.cli",
-    "multitask": "cxrkit.multitask.cli",
-    "eval": "cxrkit.eval.cli",
-    "demo": "cxrkit.demo",
+    "synth": "cxrkit.cli.synth",
+    "prepare": "cxrkit.cli.prepare",
+    "preprocess": "cxrkit.cli.preprocess",
+    "pretrain": "cxrkit.cli.pretrain",
+    "finetune": "cxrkit.cli.finetune",
+    "multitask": "cxrkit.cli.multitask",
+    "eval": "cxrkit.cli.eval",
+    "demo": "cxrkit.cli.demo",
 }
 
 

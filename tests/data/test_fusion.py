@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from cxrkit.data.fusion import FUSED_READER, fuse_boxes, fuse_records
 from cxrkit.data.records import Box, Record
-from cxrkit.data.sources.classes import VINDR, VINDR_KAGGLE_IDS
+from cxrkit.data.vocab import VINDR, VINDR_KAGGLE_IDS
 from cxrkit.errors import ConfigError, DataError
 from cxrkit.finetune.config import VINDR_CLASSES, FinetuneConfig
 from cxrkit.finetune.data import detection_records, map_classes
-from cxrkit.finetune.fusion import FUSED_READER, fuse_boxes, fuse_records
 
 
 def nodule(x1: float, y1: float, x2: float, y2: float, reader: str) -> Box:

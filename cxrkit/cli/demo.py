@@ -1,0 +1,5 @@
+"""``cxrkit demo`` (moving here from cxrkit.demo)."""
+
+from cxrkit.demo import register
+
+__all__ = ["register"]

@@ -1,0 +1,5 @@
+"""``cxrkit prepare`` (moving here from cxrkit.data.sources)."""
+
+from cxrkit.data.sources import register
+
+__all__ = ["register"]

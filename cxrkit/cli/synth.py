@@ -1,0 +1,5 @@
+"""``cxrkit synth`` (moving here from cxrkit.data.synthetic)."""
+
+from cxrkit.data.synthetic import register
+
+__all__ = ["register"]
