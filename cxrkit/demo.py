@@ -18,21 +18,12 @@ cores; its numbers only show that the pipeline runs (a few dozen steps teach a d
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-EPILOG = """\
-examples:
-  cxrkit demo --out runs/demo            # about 15 minutes on a 2-core CPU
-  cxrkit demo --out runs/demo --quick    # about 3 minutes: every step, tiny sizes
-
-Afterwards open runs/demo/report.md; TensorBoard: tensorboard --logdir runs/demo/runs
-"""
 
 # The five findings the phantoms simulate, in VinDr-CXR's spelling.
 DEMO_CLASSES = (
@@ -98,29 +89,6 @@ FULL = Plan(
     cam_images=4,
     ablation_ratio=0.05,
 )
-
-
-def register(subparsers: Any) -> None:
-    """Add ``cxrkit demo``."""
-    parser = subparsers.add_parser(
-        "demo",
-        help="end-to-end demo on synthetic data: pretrain, finetune, eval, CAMs",
-        description="Run the whole pipeline on synthetic phantoms (synth -> prepare -> preprocess "
-        "-> Barlow Twins -> Faster R-CNN from those weights and from random initialisation -> "
-        "evaluation -> CAMs) and write OUT/report.md.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: about 3 minutes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    report = run_demo(out_dir=args.out, quick=args.quick, seed=args.seed)
-    print(f"report: {report}")
-    return 0
 
 
 class _Progress:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import zipfile
 from argparse import Namespace
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from cxrkit import config as config_io
+from cxrkit import io
 from cxrkit.config import DataConfig, TrainerConfig
 from cxrkit.errors import CheckpointError, ConfigError, MissingFileError, NonFiniteLossError
 
@@ -275,15 +275,9 @@ def check_checkpoint(path: Path) -> None:
             f"saving); {remedy}"
         )
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: refused to load: it holds objects other than tensors and plain containers "
-            f"({first}); cxrkit loads checkpoints only with weights_only=True; {remedy}"
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({exc}); {remedy}") from None
+        blob = io.load_torch(path, what="checkpoint", hint=remedy, mmap=True)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; {remedy}") from None
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict); {remedy}")
 

@@ -99,12 +99,13 @@ def save_model(
     return atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
-def load_torch(path: str | Path, *, what: str, hint: str) -> Any:
+def load_torch(path: str | Path, *, what: str, hint: str, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU with errors for people.
 
     Args:
         what: what the file should be, for messages (``"detector"``).
         hint: how to get such a file, appended to the not-found message.
+        mmap: map the file instead of reading its tensors (a cheap check of a large checkpoint).
 
     Raises:
         MissingFileError: no such file. CheckpointError: empty, torn, not a torch file, or holding
@@ -118,7 +119,7 @@ def load_torch(path: str | Path, *, what: str, hint: str) -> Any:
     if not path.is_file():
         raise MissingFileError(f"{path}: {what} not found; {hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(

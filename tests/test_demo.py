@@ -37,7 +37,6 @@ SMOKE = Plan(
 
 @pytest.fixture
 def demo_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(cli.COMMANDS, "demo", "cxrkit.demo")
     monkeypatch.setitem(cli.COMMANDS, "finetune", "cxrkit.finetune.cli")
 
 
