@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,19 @@ class TrainerConfig:
             raise ValueError(f"precision {self.precision!r} is not supported")
         if self.accumulate_grad_batches < 1 or self.num_nodes < 1:
             raise ValueError("accumulate_grad_batches and num_nodes must be >= 1")
+        devices = self.devices.strip()
+        if not (devices == "auto" or re.fullmatch(r"-1|\d+|\d+(\s*,\s*\d+)*\s*,?", devices)):
+            raise ValueError(
+                f"trainer.devices must be 'auto', a count ('4', -1 for all) or a list of device "
+                f"indices ('0,1'), got {self.devices!r}"
+            )
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(
+                f"trainer.max_steps must be -1 (bounded by max_epochs) or >= 1, got "
+                f"{self.max_steps}: a run of 0 steps trains nothing"
+            )
+        if self.max_epochs == 0 or self.max_epochs < -1:
+            raise ValueError(f"trainer.max_epochs must be -1 or >= 1, got {self.max_epochs}")
 
 
 def _describe(exc: OmegaConfBaseException) -> str:

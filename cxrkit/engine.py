@@ -128,10 +128,11 @@ class _FinalCheckpoint(Callback):
 
 
 def _devices(value: str) -> str | int | list[int]:
+    # TrainerConfig checked the form: "auto", a count ("4", "-1") or indices ("0,1")
     value = value.strip()
     if value == "auto":
         return value
-    if value.isdigit():
+    if "," not in value:
         return int(value)
     return [int(v) for v in value.split(",") if v.strip()]
 

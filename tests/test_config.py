@@ -67,3 +67,32 @@ def test_saved_config_loads_back_identical(tmp_path):
     path = config.save(cfg, tmp_path / "run" / "config.yaml")
     assert config.load(StageConfig, files=[path]) == cfg
     assert not list((tmp_path / "run").glob(".*tmp*"))  # atomic write left no temp file
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.devices=abc", r"trainer.devices must be 'auto', a count .* got 'abc'"),
+        ("trainer.devices=0;1", r"trainer.devices must be"),
+        ("trainer.max_steps=0", r"trainer.max_steps must be -1 .* or >= 1, got 0"),
+        ("trainer.max_steps=-5", r"trainer.max_steps must be"),
+        ("trainer.max_epochs=0", r"trainer.max_epochs must be -1 or >= 1, got 0"),
+    ],
+)
+def test_trainer_values_that_cannot_run_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(StageConfig, overrides=[override])
+
+
+def test_trainer_device_forms_that_run():
+    from cxrkit.engine import _devices
+
+    for text, parsed in [
+        ("auto", "auto"),
+        ("4", 4),
+        ("-1", -1),
+        ("0,1", [0, 1]),
+        (" 2 , 3 ", [2, 3]),
+    ]:
+        cfg = config.load(StageConfig, overrides=[f"trainer.devices='{text}'"])
+        assert _devices(cfg.trainer.devices) == parsed
