@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from cxrkit.data.records import Box, Record, check_box
-from cxrkit.data.sources import Issues, index_files, read_csv, read_many, resolve_input
+from cxrkit.data.sources.common import (
+    Issues,
+    Prepared,
+    index_files,
+    read_csv,
+    read_many,
+    resolve_input,
+)
 from cxrkit.data.vocab import (
     CHESTXDET,
     CHESTXDET_FINDINGS,
@@ -233,6 +240,37 @@ def load_chestxdet(
             )
         records.append(record)
     return records
+
+
+def prepare_chestxdet(
+    *,
+    root: str | Path,
+    train_json: str | Path | None = None,
+    test_json: str | Path | None = None,
+    views: str | Path | None = None,
+    masks_dir: str | Path | None = None,
+    metadata_only: bool = False,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    on_error: str = "raise",
+) -> Prepared:
+    """ChestX-Det as split records (``cxrkit prepare chestxdet``): its official train/test kept,
+    ``val_fraction`` of the train patients moved to val. Other arguments: :func:`load_chestxdet`;
+    ``on_error``: ``"raise"`` or ``"skip"``."""
+    from cxrkit.data import splits
+
+    issues = Issues(on_error=on_error)
+    records = load_chestxdet(
+        root=root,
+        train_json=train_json,
+        test_json=test_json,
+        views=views,
+        masks_dir=masks_dir,
+        metadata_only=metadata_only,
+        issues=issues,
+    )
+    records = splits.carve_validation(records, val_fraction=val_fraction, seed=seed)
+    return Prepared(records=records, issues=issues)
 
 
 def mask_file_name(image_id: str, finding: str) -> str:

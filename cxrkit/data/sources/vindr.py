@@ -37,12 +37,16 @@ Record contract:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrkit.data.records import Box, Record, check_box
-from cxrkit.data.sources import (
+from cxrkit.data.sources.common import (
+    DEFAULT_FRACTIONS,
     Issues,
+    Prepared,
+    assign_unless_official,
     index_files,
     is_blank,
     line_of,
@@ -177,6 +181,27 @@ def load_vindr(
         table = VINDR_KAGGLE
     records = _to_records(root, images, table=table, issues=issues)
     return records, layout == "physionet"
+
+
+def prepare_vindr(
+    *,
+    root: str | Path,
+    layout: str = "auto",
+    fractions: str | Mapping[str, float] = DEFAULT_FRACTIONS,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    on_error: str = "raise",
+) -> Prepared:
+    """VinDr-CXR as split records (``cxrkit prepare vindr``): PhysioNet's train/test kept with
+    ``val_fraction`` of the train patients moved to val; Kaggle's images split by patient with
+    ``fractions``. Other arguments: :func:`load_vindr`; ``on_error``: ``"raise"`` or ``"skip"``.
+    """
+    issues = Issues(on_error=on_error)
+    records, official = load_vindr(root=root, layout=layout, issues=issues)
+    records = assign_unless_official(
+        records, official=official, fractions=fractions, val_fraction=val_fraction, seed=seed
+    )
+    return Prepared(records=records, issues=issues)
 
 
 def _reader_of(row: dict[str, str]) -> str:
