@@ -14,7 +14,7 @@ import csv
 import io
 import os
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +60,15 @@ class Issues:
         if self.on_error == "raise":
             raise error
         self.items.append(Issue(image_id=image_id, reason=str(error)))
+
+    def drop(
+        self, error: CxrkitError, *, image_id: str, records: dict[str, Any], dropped: set[str]
+    ) -> None:
+        """:meth:`add`, then leave the image out: removed from ``records`` and remembered in
+        ``dropped`` so that its later rows are ignored."""
+        self.add(error, image_id=image_id)
+        dropped.add(image_id)
+        records.pop(image_id, None)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -125,6 +134,15 @@ def read_csv(
             continue
         renames[found] = name
     return df.rename(columns=renames)
+
+
+def rows_of(df: pd.DataFrame, *, path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(where, row)`` for every non-blank row of a :func:`read_csv` frame; ``where`` is
+    ``"<path>:line <n>"`` for messages."""
+    names = list(df.columns)
+    for i, values in enumerate(df.itertuples(index=False, name=None)):
+        if not is_blank(values):
+            yield f"{path}:line {line_of(i)}", dict(zip(names, values, strict=True))
 
 
 def is_blank(values: Iterable[str]) -> bool:

@@ -333,9 +333,7 @@ def _add_boxes(
             if record.labels.get(finding) == 0:
                 raise DataError(f"{at}: box of {finding!r} but its label in the CSV is 0")
         except DataError as exc:
-            issues.add(exc, image_id=image_id)
-            dropped.add(image_id)
-            records.pop(image_id, None)
+            issues.drop(exc, image_id=image_id, records=records, dropped=dropped)
             continue
         record.boxes.append(box)
         record.labels[finding] = 1

@@ -351,8 +351,6 @@ def _add_boxes(path: Path, records: dict[str, Record], issues: Issues) -> None:
             box = Box(finding=finding, x1=x * sx, y1=y * sy, x2=(x + w) * sx, y2=(y + h) * sy)
             check_box(box, width=record.width, height=record.height, where=f"{where}: image {name}")
         except DataError as exc:
-            issues.add(exc, image_id=image_id)
-            dropped.add(image_id)
-            records.pop(image_id, None)
+            issues.drop(exc, image_id=image_id, records=records, dropped=dropped)
             continue
         record.boxes.append(box)

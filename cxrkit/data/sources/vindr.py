@@ -48,12 +48,11 @@ from cxrkit.data.sources.common import (
     Prepared,
     assign_unless_official,
     index_files,
-    is_blank,
-    line_of,
     parse_float,
     probe_image,
     read_csv,
     read_many,
+    rows_of,
 )
 from cxrkit.data.vocab import (
     VINDR,
@@ -220,14 +219,9 @@ def _read_boxes(
     """annotations_*.csv or Kaggle train.csv: one row per reader mark (a box, or a no-box label)."""
     required = ("image_id", "class_name", *_COORDS) + (("class_id", "rad_id") if kaggle else ())
     df = read_csv(path, required=required, optional=("rad_id",), what="VinDr annotation file")
-    names = list(df.columns)
     # Local classes are covered by a box file: each reader looked for every one of them.
     covered = set(table.names) if kaggle else {*VINDR_LOCAL, VINDR_NO_FINDING}
-    for i, values in enumerate(df.itertuples(index=False, name=None)):
-        if is_blank(values):
-            continue
-        row = dict(zip(names, values, strict=True))
-        where = f"{path}:line {line_of(i)}"
+    for where, row in rows_of(df, path=path):
         image_id = row["image_id"].strip()
         try:
             _box_row(
@@ -310,12 +304,7 @@ def _read_image_labels(
         if finding in finding_of.values():
             raise DataError(f"{path}: two columns name the class {finding!r}")
         finding_of[column] = finding
-    names = list(df.columns)
-    for i, values in enumerate(df.itertuples(index=False, name=None)):
-        if is_blank(values):
-            continue
-        row = dict(zip(names, values, strict=True))
-        where = f"{path}:line {line_of(i)}"
+    for where, row in rows_of(df, path=path):
         image_id = row["image_id"].strip()
         try:
             if not image_id:
