@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cxrkit import synth
 from cxrkit.cli.common import add_command
-from cxrkit.data import synthetic as synth
 
 EPILOG = """\
 example:
