@@ -45,6 +45,7 @@ from cxrkit.data.vocab import (
     normalize_view,
 )
 from cxrkit.errors import DataError, ImageReadError, MissingFileError
+from cxrkit.io import atomic_write
 
 SOURCE = "chestxdet"
 CHESTXDET_SIZE = 1024  # the JSON coordinates are in these images' pixels
@@ -319,12 +320,10 @@ def write_masks(
         mask = polygon_mask(polygons, width=record.width, height=record.height, scale=scale)
         ok, encoded = cv2.imencode(".png", mask)
         path = masks_dir / mask_file_name(record.image_id, finding)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
             if not ok:
                 raise OSError("PNG encoding failed")
-            tmp.write_bytes(encoded.tobytes())
-            os.replace(tmp, path)
+            atomic_write(path, encoded.tobytes())
         except OSError as exc:
             raise DataError(f"{path}: cannot write mask ({exc})") from exc
         paths[finding] = str(path)
