@@ -10,7 +10,6 @@ any work starts. :func:`save` writes the resolved configuration beside every out
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cxrkit.errors import ConfigError, MissingFileError
+from cxrkit.io import atomic_write
 
 T = TypeVar("T")
 
@@ -177,9 +177,4 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def save(config: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically; :func:`load` of that file gives it back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, yaml.safe_dump(to_dict(config), sort_keys=False))

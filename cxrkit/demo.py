@@ -2,7 +2,7 @@
 
 Steps (each prints a progress line), all through the package's own stages::
 
-    1 synth       VinDr-style DICOMs (three readers' boxes), NIH-style PNGs (cxrkit.data.synthetic)
+    1 synth       VinDr-style DICOMs (three readers' boxes), NIH-style PNGs (cxrkit.synth)
     2 prepare     the VinDr and NIH adapters -> manifests (validation carved from VinDr train)
     3 preprocess  both caches (cxrkit.data.preprocess.build_cache)
     4 pretrain    a short Barlow Twins run on the NIH images -> backbone.pth (cxrkit.pretrain)
@@ -189,10 +189,10 @@ def run_demo(
 
 
 def _synthesise(root: Path, *, plan: Plan, seed: int) -> Path:
-    from cxrkit.data import synthetic
+    from cxrkit import synth
 
     # the detector needs lesions to learn from: most VinDr phantoms are abnormal here
-    synthetic.generate(
+    synth.generate(
         out_dir=root,
         n=plan.n_vindr,
         size=plan.image_size,
@@ -202,7 +202,7 @@ def _synthesise(root: Path, *, plan: Plan, seed: int) -> Path:
         workers=2,
         progress=True,
     )
-    synthetic.generate(
+    synth.generate(
         out_dir=root,
         n=plan.n_nih,
         size=plan.image_size,

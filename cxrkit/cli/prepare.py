@@ -1,5 +1,284 @@
-"""``cxrkit prepare`` (moving here from cxrkit.data.sources)."""
+"""``cxrkit prepare {nih,vindr,chestxdet,csv}``: a dataset's own files -> one Parquet manifest
+with patient-level splits (:mod:`cxrkit.data.sources`).
 
-from cxrkit.data.sources import register
+Each handler calls its adapter's ``prepare_*`` function, writes the result with
+:func:`~cxrkit.data.sources.write_prepared` and prints what it wrote.
+"""
 
-__all__ = ["register"]
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cxrkit.cli.common import add_command
+from cxrkit.data import sources
+from cxrkit.data.sources.common import DEFAULT_FRACTIONS, ON_ERROR
+
+COMMON_EPILOG = """
+Every subcommand writes one Parquet manifest (--out) and, with --on-error skip, a CSV of the
+images it left out beside it (<out_stem>_errors.csv). Splits are by patient: the source's
+official split when it has one (validation carved from its training part, --val-fraction),
+otherwise --split-fractions train,val,test stratified by label. The result depends only on the
+inputs and --seed.
+"""
+
+NIH_EPILOG = """examples:
+  # the full release: images_001/images/*.png ... images_012/images/*.png, Data_Entry_2017.csv,
+  # BBox_List_2017.csv, train_val_list.txt and test_list.txt in one folder (official split used)
+  cxrkit prepare nih --root /data/ChestX-ray14 --out nih.parquet
+
+  # metadata only (no images on this machine): 1024x1024 assumed, 112,120 rows in seconds
+  cxrkit prepare nih --root /data/nih-meta --data-entry Data_Entry_2017.csv.gz \\
+      --metadata-only --out nih-meta.parquet
+
+  # a sample with renamed CSVs and a flat images/ folder, random patient split 70/10/20
+  cxrkit prepare nih --root sample --data-entry Data_Entry_2017_subset.csv \\
+      --bbox-list BBox_List_2017_subset.csv --split-fractions 0.7,0.1,0.2 --out sample.parquet
+"""
+
+VINDR_EPILOG = """examples:
+  # PhysioNet VinDr-CXR 1.0.0: annotations/{annotations,image_labels}_{train,test}.csv,
+  # train/*.dicom, test/*.dicom; official train/test kept, 10% of train patients -> val
+  cxrkit prepare vindr --root /data/vindr-cxr/1.0.0 --out vindr.parquet
+
+  # Kaggle VinBigData: train.csv (14 classes + "No finding") and train/*.dicom
+  cxrkit prepare vindr --root /data/vinbigdata --layout kaggle --out vinbig.parquet
+
+A finding is 1 for an image if ANY reader marked it; meta["votes"] keeps how many readers did.
+Every reader's box is kept with its rad_id as the box's reader (fusion happens in finetune).
+VinDr is de-identified: patient_id is the DICOM PatientID when present, else the image_id.
+"""
+
+CHESTXDET_EPILOG = """examples:
+  # ChestX_Det_train.json, ChestX_Det_test.json and the images in train/ and test/ under --root;
+  # polygons become masks in chestxdet_masks/<image_id>.<finding>.png beside the manifest
+  cxrkit prepare chestxdet --root /data/ChestX-Det --out chestxdet.parquet
+
+  # annotations only (no images here): 1024x1024 assumed; views from a CSV (file_name,view)
+  cxrkit prepare chestxdet --root /data/ChestX-Det --metadata-only --views views.csv \\
+      --out chestxdet.parquet
+"""
+
+CSV_EPILOG = """examples:
+  # a hospital export: paths relative to --root, pipe-separated labels ("Effusion|Nodule",
+  # "No Finding"), boxes in original pixels (image_id,finding,x1,y1,x2,y2[,reader])
+  cxrkit prepare csv --root /data/hospital --csv labels.csv --boxes boxes.csv \\
+      --column path=file,patient_id=PatientID,view=ViewPosition,labels=Findings \\
+      --out hospital.parquet
+
+  # one 0/1 column per finding (checked against a fixed class list); mask files in columns
+  # named like "mask:Left lung" are picked up by themselves
+  cxrkit prepare csv --root /data/h2 --csv h2.csv --label-columns Effusion,Nodule,Mass \\
+      --classes Effusion,Nodule,Mass --out h2.parquet
+
+  # a bare folder of PNG/JPEG/DICOM (recursive) for unlabeled pretraining
+  cxrkit prepare csv --root /data/unlabeled --out unlabeled.parquet
+
+CSV columns (rename with --column key=name): path (required; relative to --root or absolute),
+image_id (default: path without extension), patient_id (default: the DICOM PatientID, else
+image_id), view (PA/AP/LL/..., default: the DICOM header, else unknown), split (train/val/test;
+if present it is kept, rows left empty stay unassigned, and --split-fractions is not used), labels
+(pipe-separated; an empty cell means not labeled), mask:<name> (a mask file per image).
+Boxes (--boxes) are in original pixels.
+"""
+
+
+def register(subparsers: Any) -> None:
+    """Add ``prepare {nih,vindr,chestxdet,csv}`` to the ``cxrkit`` command."""
+    parser = add_command(
+        subparsers,
+        "prepare",
+        help="turn a dataset (NIH, VinDr-CXR, ChestX-Det, CSV/folder) into a manifest",
+        description="Turn a dataset's own files into a cxrkit manifest (Parquet) with "
+        "patient-level splits.",
+        epilog=COMMON_EPILOG,
+    )
+    sources = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", type=Path, required=True, help="the dataset folder")
+    common.add_argument("--out", type=Path, required=True, help="manifest to write (.parquet)")
+    common.add_argument(
+        "--split-fractions",
+        default=DEFAULT_FRACTIONS,
+        help="train,val,test fractions of images for sources without an official split "
+        "(default 0.8,0.1,0.1)",
+    )
+    common.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of an official training split moved to val, by patient (default 0.1)",
+    )
+    common.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    common.add_argument(
+        "--on-error",
+        choices=ON_ERROR,
+        default="raise",
+        help="raise: stop at the first bad row (default); skip: leave the image out and list it "
+        "in <out_stem>_errors.csv",
+    )
+
+    def add(name: str, help_: str, epilog: str) -> argparse.ArgumentParser:
+        return sources.add_parser(
+            name,
+            parents=[common],
+            help=help_,
+            description=help_,
+            epilog=epilog + COMMON_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    nih = add("nih", "NIH ChestX-ray14 (Data_Entry_2017.csv, BBox_List_2017.csv)", NIH_EPILOG)
+    nih.add_argument(
+        "--data-entry",
+        help="Data_Entry CSV (default: Data_Entry_2017_v2020.csv or Data_Entry_2017.csv, "
+        "optionally .gz, in --root)",
+    )
+    nih.add_argument("--bbox-list", help="box list CSV (default: BBox_List_2017.csv if present)")
+    nih.add_argument("--train-val-list", help="official list (default: train_val_list.txt)")
+    nih.add_argument("--test-list", help="official list (default: test_list.txt)")
+    nih.add_argument(
+        "--metadata-only",
+        action="store_true",
+        help="build the manifest from the CSV alone: images need not exist, 1024x1024 assumed",
+    )
+    nih.set_defaults(func=prepare_nih)
+
+    vindr = add("vindr", "VinDr-CXR (PhysioNet) or VinBigData (Kaggle)", VINDR_EPILOG)
+    vindr.add_argument(
+        "--layout",
+        choices=("auto", "physionet", "kaggle"),
+        default="auto",
+        help="file layout (default: detected from the files in --root)",
+    )
+    vindr.set_defaults(func=prepare_vindr)
+
+    det = add("chestxdet", "ChestX-Det (ChestX_Det_{train,test}.json)", CHESTXDET_EPILOG)
+    det.add_argument("--train-json", help="default: ChestX_Det_train.json in --root")
+    det.add_argument("--test-json", help="default: ChestX_Det_test.json in --root")
+    det.add_argument("--views", type=Path, help="CSV with columns file_name,view")
+    det.add_argument(
+        "--metadata-only",
+        action="store_true",
+        help="images need not exist: 1024x1024 assumed",
+    )
+    det.add_argument("--no-masks", action="store_true", help="keep boxes, do not draw masks")
+    det.set_defaults(func=prepare_chestxdet)
+
+    own = add("csv", "your own data: a CSV manifest, or a bare folder of images", CSV_EPILOG)
+    own.add_argument("--csv", type=Path, help="CSV with one row per image (omit: bare folder)")
+    own.add_argument("--boxes", type=Path, help="CSV image_id,finding,x1,y1,x2,y2[,reader]")
+    own.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="KEY=NAME[,KEY=NAME...]",
+        help="CSV column of path, image_id, patient_id, view, split or labels (repeatable)",
+    )
+    own.add_argument(
+        "--label-columns",
+        help="comma-separated 0/1 columns, one per finding (instead of a pipe-separated column)",
+    )
+    own.add_argument(
+        "--classes",
+        help="comma-separated class list; any other name in labels or boxes is an error",
+    )
+    own.add_argument("--source", default="", help="source name stored in each record")
+    own.set_defaults(func=prepare_csv)
+
+
+def prepare_nih(args: argparse.Namespace) -> int:
+    """``cxrkit prepare nih``."""
+    prepared = sources.prepare_nih(
+        root=args.root,
+        data_entry=args.data_entry,
+        bbox_list=args.bbox_list,
+        train_val_list=args.train_val_list,
+        test_list=args.test_list,
+        metadata_only=args.metadata_only,
+        fractions=args.split_fractions,
+        **_run_options(args),
+    )
+    if prepared.official_lists is not None:
+        train_val, test = prepared.official_lists
+        print(f"official split: {train_val.name}, {test.name}")
+    return finish(prepared, args)
+
+
+def prepare_vindr(args: argparse.Namespace) -> int:
+    """``cxrkit prepare vindr``."""
+    prepared = sources.prepare_vindr(
+        root=args.root,
+        layout=args.layout,
+        fractions=args.split_fractions,
+        **_run_options(args),
+    )
+    return finish(prepared, args)
+
+
+def prepare_chestxdet(args: argparse.Namespace) -> int:
+    """``cxrkit prepare chestxdet``; masks go to ``<out_stem>_masks/`` unless ``--no-masks``."""
+    prepared = sources.prepare_chestxdet(
+        root=args.root,
+        train_json=args.train_json,
+        test_json=args.test_json,
+        views=args.views,
+        masks_dir=None if args.no_masks else sources.masks_dir_for(args.out),
+        metadata_only=args.metadata_only,
+        **_run_options(args),
+    )
+    return finish(prepared, args)
+
+
+def prepare_csv(args: argparse.Namespace) -> int:
+    """``cxrkit prepare csv``."""
+    from cxrkit.data.sources import folder
+
+    prepared = sources.prepare_csv(
+        root=args.root,
+        csv_path=args.csv,
+        boxes_path=args.boxes,
+        columns=folder.parse_columns(args.column),
+        label_columns=_split_list(args.label_columns),
+        classes=_split_list(args.classes),
+        source=args.source,
+        fractions=args.split_fractions,
+        seed=args.seed,
+        on_error=args.on_error,
+    )
+    return finish(prepared, args)
+
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options every source with an official split takes: val fraction, seed, on-error."""
+    return {"val_fraction": args.val_fraction, "seed": args.seed, "on_error": args.on_error}
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def finish(prepared: sources.Prepared, args: argparse.Namespace) -> int:
+    """Write the manifest (and errors file) and print its counts."""
+    summary = sources.write_prepared(prepared, out=args.out, root=args.root)
+    views, split_counts = summary.views, summary.splits
+    print(
+        f"wrote {summary.records} records ({summary.patients} patients, {summary.boxes} boxes) "
+        f"to {summary.path}\n"
+        "  views: "
+        + ", ".join(f"{v} {views.get(v, 0)}" for v in ("PA", "AP", "LL", "unknown"))
+        + "\n  splits: "
+        + ", ".join(f"{s} {split_counts.get(s, 0)}" for s in ("train", "val", "test", "unassigned"))
+    )
+    if summary.leaked:
+        print(
+            f"  note: {len(summary.leaked)} patients have images in more than one split of the "
+            f"given split (first: {summary.leaked[0]})"
+        )
+    if summary.errors_file is not None:
+        print(f"skipped {summary.skipped} images; reasons in {summary.errors_file}")
+    return 0

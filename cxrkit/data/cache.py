@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
+from cxrkit import io
 from cxrkit.errors import ConfigError, DataError, ImageReadError, MissingFileError
 
 RECIPE_FILE = "recipe.json"
@@ -173,7 +174,7 @@ def read_png(path: Path, *, sha256: str | None = None) -> np.ndarray:
         data = path.read_bytes()
     except OSError:
         raise ImageReadError(f"{path}: cache file missing (rerun `cxrkit preprocess`)") from None
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+    if sha256 is not None and io.sha256(data) != sha256:
         raise ImageReadError(
             f"{path}: cache file does not match the sha256 in {INDEX_FILE} (replaced or damaged "
             "after preprocessing); rerun `cxrkit preprocess` on this cache to redo it"

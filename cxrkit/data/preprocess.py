@@ -16,20 +16,17 @@ returned :class:`cxrkit.data.cache.Geometry` maps boxes both ways.
 
 The cache layout is documented in :mod:`cxrkit.data.cache`. Every file is written atomically and the
 sidecar last, so a killed run resumes by skipping items whose sidecar and PNG (sha256 checked) are
-intact.
+intact. :func:`cxrkit.io.atomic_write` gives each write a temporary name unique per process and
+call, so two writers of one cache never share a temporary file.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import multiprocessing
-import os
-import secrets
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -49,8 +46,9 @@ from cxrkit.config import PreprocessConfig
 from cxrkit.data import cache
 from cxrkit.data.cache import Geometry
 from cxrkit.data.images import read_image
-from cxrkit.data.records import Record, read_manifest
+from cxrkit.data.records import Record
 from cxrkit.errors import ConfigError, CxrkitError, DataError
+from cxrkit.io import atomic_write, sha256
 
 ON_ERROR = ("fail", "skip")
 
@@ -229,33 +227,11 @@ def transform_mask(mask: np.ndarray, *, geometry: Geometry) -> np.ndarray:
 # One cache item
 
 
-def _temp_name(path: Path) -> Path:
-    # Same folder (os.replace is atomic only within a file system); unique per process and call,
-    # so two writers of one item never share a temporary file.
-    return path.with_name(f".{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _encode_png(image: np.ndarray) -> bytes:
     ok, buffer = cv2.imencode(".png", image)
     if not ok:
         raise DataError(f"OpenCV could not encode a {image.shape} {image.dtype} image as PNG")
     return buffer.tobytes()
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _mask_names(record: Record) -> list[str]:
@@ -273,7 +249,7 @@ def _finished_sidecar(record: Record, out_dir: Path) -> dict[str, Any] | None:
             info["image_id"] != record.image_id
             or (geometry.orig_width, geometry.orig_height) != (record.width, record.height)
             or list(info["masks"]) != _mask_names(record)
-            or _sha256(png.read_bytes()) != info["sha256"]
+            or sha256(png) != info["sha256"]
         ):
             return None
     except (OSError, ValueError, KeyError, TypeError):  # missing/corrupt sidecar or PNG
@@ -304,23 +280,23 @@ def _build_item(record: Record, *, out_dir: Path, recipe: PreprocessConfig) -> d
     out, geometry = apply_recipe(image, recipe=recipe)
     png = _encode_png(out)
     png_path = cache.image_path(out_dir, record.image_id)
-    _write_atomic(png_path, png)
+    atomic_write(png_path, png)
 
     for name in _mask_names(record):
         mask_file = record.mask_paths[name]
         mask, _ = read_image(mask_file, apply_voi_lut=False)
         _check_size((mask.shape[1], mask.shape[0]), record, f"{mask_file}: mask {name!r}")
         cached = transform_mask(mask, geometry=geometry)
-        _write_atomic(cache.mask_path(out_dir, record.image_id, name), _encode_png(cached))
+        atomic_write(cache.mask_path(out_dir, record.image_id, name), _encode_png(cached))
 
     info = {
         "image_id": record.image_id,
         "file": png_path.relative_to(out_dir).as_posix(),
         "geometry": geometry.to_dict(),
-        "sha256": _sha256(png),
+        "sha256": sha256(png),
         "masks": _mask_names(record),
     }
-    _write_atomic(sidecar, json.dumps(info, indent=1).encode())
+    atomic_write(sidecar, json.dumps(info, indent=1).encode())
     return info
 
 
@@ -396,7 +372,7 @@ def _check_or_write_recipe(out_dir: Path, recipe: PreprocessConfig) -> None:
             )
         return
     record = cache.recipe_record(wanted)
-    _write_atomic(path, (json.dumps(record, indent=1) + "\n").encode())
+    atomic_write(path, (json.dumps(record, indent=1) + "\n").encode())
 
 
 def _write_index(out_dir: Path, sidecars: list[dict[str, Any]]) -> None:
@@ -412,13 +388,7 @@ def _write_index(out_dir: Path, sidecars: list[dict[str, Any]]) -> None:
     ]
     table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
     path = out_dir / cache.INDEX_FILE
-    tmp = _temp_name(path)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _reason(error: Exception, path: str) -> str:
@@ -435,7 +405,7 @@ def _write_errors(out_dir: Path, errors: list[ItemError]) -> Path:
     writer.writerow(["image_id", "path", "reason"])
     writer.writerows([e.image_id, e.path, e.reason] for e in errors)
     path = out_dir / cache.ERRORS_FILE
-    _write_atomic(path, buffer.getvalue().encode())
+    atomic_write(path, buffer.getvalue().encode())
     return path
 
 
@@ -551,84 +521,3 @@ def build_cache(
         errors=errors,
         errors_file=errors_file,
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-_EPILOG = """\
-example:
-  # cache every image of a manifest at 512 px with 8 processes, skipping unreadable files
-  cxrkit preprocess --manifest nih.parquet --out cache/nih-512 --size 512 \\
-      --workers 8 --on-error skip
-  # prints e.g. "done 112118, skipped 0 (already cached), failed 2, 310.4 images/s" and the path of
-  # errors.csv; rerunning the same command only redoes missing or damaged items.
-
-The recipe (percentile clip 0.5/99.5 -> [0, 255] -> zero-pad to square -> CLAHE -> resize) is
-saved in CACHE_DIR/recipe.json; a rerun with a different recipe into the same CACHE_DIR is refused.
-"""
-
-
-def register(subparsers: Any) -> None:
-    """Add ``cxrkit preprocess`` to the CLI."""
-    parser = subparsers.add_parser(
-        "preprocess",
-        help="read every image of a manifest once and write the resumable training cache",
-        description="Normalise every image of a manifest (PNG, JPEG, TIFF or DICOM) into a cache "
-        "of square PNGs with their geometry, so boxes map back to original pixels.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    defaults = PreprocessConfig()
-    parser.add_argument("--manifest", required=True, type=Path, help="Parquet manifest")
-    parser.add_argument("--out", required=True, type=Path, help="cache directory")
-    parser.add_argument(
-        "--size", type=int, default=defaults.size, help=f"output side in pixels ({defaults.size})"
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="worker processes (default: CPU count; 1 = no pool)",
-    )
-    parser.add_argument(
-        "--on-error",
-        choices=ON_ERROR,
-        default="fail",
-        help="fail on the first bad image, or skip it and list it in CACHE_DIR/errors.csv",
-    )
-    parser.add_argument("--no-clahe", action="store_true", help="skip CLAHE")
-    parser.add_argument("--no-clip", action="store_true", help="skip percentile clipping")
-    parser.add_argument("--no-pad", action="store_true", help="resize without padding to square")
-    parser.add_argument("--no-voi-lut", action="store_true", help="ignore DICOM VOI LUT / window")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        recipe = PreprocessConfig(
-            size=args.size,
-            clip_percentiles=not args.no_clip,
-            apply_voi_lut=not args.no_voi_lut,
-            pad_square=not args.no_pad,
-            clahe=not args.no_clahe,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    records = read_manifest(args.manifest)
-    summary = build_cache(
-        records=records,
-        out_dir=args.out,
-        recipe=recipe,
-        workers=args.workers,
-        on_error=args.on_error,
-        progress=not args.no_progress,
-    )
-    print(
-        f"done {summary.done}, skipped {summary.skipped_existing} (already cached), "
-        f"failed {summary.failed}, {summary.images_per_second:.1f} images/s"
-    )
-    if summary.errors_file is not None:
-        print(f"errors: {summary.errors_file}")
-    return 1 if summary.failed else 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxrkit.errors import DataError, MissingFileError
+from cxrkit.io import atomic_write
 
 VIEWS = ("PA", "AP", "LL", "unknown")
 SPLITS = ("train", "val", "test", "unassigned")
@@ -168,7 +168,7 @@ def _from_row(row: dict[str, Any]) -> Record:
 
 
 def write_manifest(records: Iterable[Record], path: str | Path) -> Path:
-    """Validate and write records as Parquet, atomically (temp file + rename).
+    """Validate and write records as Parquet, atomically.
 
     Raises :class:`DataError` on an invalid record or a duplicate ``image_id``.
     """
@@ -183,11 +183,7 @@ def write_manifest(records: Iterable[Record], path: str | Path) -> Path:
     table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(
         {"cxrkit_manifest_version": MANIFEST_VERSION}
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_manifest(path: str | Path) -> list[Record]:

@@ -458,7 +458,7 @@ def test_duplicate_ids_are_refused(tmp_path: Path) -> None:
 @pytest.fixture
 def preprocess_only(monkeypatch: pytest.MonkeyPatch) -> None:
     # Other subcommands are written in parallel; the dispatch itself is what is under test here.
-    monkeypatch.setattr(cli, "COMMANDS", {"preprocess": "cxrkit.data.preprocess"})
+    monkeypatch.setattr(cli, "COMMANDS", {"preprocess": "cxrkit.cli.preprocess"})
 
 
 def test_cli_builds_and_resumes(

@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+from cxrkit import synth
 from cxrkit.config import PreprocessConfig
-from cxrkit.data import synthetic
 from cxrkit.data.records import Box, Record, write_manifest
 
 SIZE = 64
-NIH = list(synthetic.NIH_FINDING_NAMES)  # Consolidation, Pneumothorax, Nodule, Mass, ...
+NIH = list(synth.NIH_FINDING_NAMES)  # Consolidation, Pneumothorax, Nodule, Mass, ...
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs" / "multitask"
 
@@ -45,7 +45,7 @@ def make_phantoms(
     n: int,
     seed: int = 0,
     masks_every: int = 2,
-    keys: tuple[str, ...] = synthetic.FINDINGS,
+    keys: tuple[str, ...] = synth.FINDINGS,
     fractions: tuple[float, float] = (0.6, 0.2),
 ) -> list[Record]:
     """Render ``n`` phantoms with findings from ``keys``, the first ``fractions[0]`` for training,
@@ -58,7 +58,7 @@ def make_phantoms(
         rng = np.random.default_rng((seed, i))
         view = "PA" if i % 2 else "AP"
         findings = _findings(rng, keys)
-        ph = synthetic.render_phantom(rng=rng, size=SIZE, view=view, findings=findings)
+        ph = synth.render_phantom(rng=rng, size=SIZE, view=view, findings=findings)
         image_id = f"img{i:03d}"
         path = images / f"{image_id}.png"
         cv2.imwrite(str(path), ph.to_uint8())
@@ -66,7 +66,7 @@ def make_phantoms(
         split = "train" if i < first else ("val" if i < second else "test")
         present = {ph.nih_names[k] for k in findings}
         labels = {name: int(name in present) for name in NIH}
-        labels[synthetic.NIH_NO_FINDING] = int(not present)
+        labels[synth.NIH_NO_FINDING] = int(not present)
         keep_lesion_masks = split != "train" or not findings or i % masks_every == 0
         mask_paths = {}
         for key, mask in ph.masks.items():
@@ -103,7 +103,7 @@ def build(
     *,
     n: int,
     seed: int = 0,
-    keys: tuple[str, ...] = synthetic.FINDINGS,
+    keys: tuple[str, ...] = synth.FINDINGS,
     fractions: tuple[float, float] = (0.6, 0.2),
 ) -> Phantoms:
     """Phantoms (see :func:`make_phantoms`), their manifest and a 64 px cache under ``root``."""

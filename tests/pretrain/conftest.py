@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cxrkit import synth
 from cxrkit.config import DataConfig, PreprocessConfig
-from cxrkit.data import datasets, synthetic
+from cxrkit.data import datasets
 from cxrkit.data.records import Record, write_manifest
 from cxrkit.data.sources.nih import load_nih
 
@@ -39,7 +40,7 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def phantoms(tmp_path_factory) -> Phantoms:
     root = tmp_path_factory.mktemp("phantoms")
-    synthetic.generate(out_dir=root, n=N_IMAGES, size=96, seed=0, datasets=("nih",), progress=False)
+    synth.generate(out_dir=root, n=N_IMAGES, size=96, seed=0, datasets=("nih",), progress=False)
     records = sorted(load_nih(root=root / "nih"), key=lambda r: r.image_id)
     records = [dataclasses.replace(r, split=s) for r, s in zip(records, SPLITS, strict=True)]
     manifest = write_manifest(records, root / "manifest.parquet")

@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from cxrkit.data.records import Box, Record, check_box
-from cxrkit.data.sources import Issues, index_files, read_csv, read_many, resolve_input
+from cxrkit.data.sources.common import (
+    Issues,
+    Prepared,
+    index_files,
+    read_csv,
+    read_many,
+    resolve_input,
+)
 from cxrkit.data.vocab import (
     CHESTXDET,
     CHESTXDET_FINDINGS,
@@ -38,6 +45,7 @@ from cxrkit.data.vocab import (
     normalize_view,
 )
 from cxrkit.errors import DataError, ImageReadError, MissingFileError
+from cxrkit.io import atomic_write
 
 SOURCE = "chestxdet"
 CHESTXDET_SIZE = 1024  # the JSON coordinates are in these images' pixels
@@ -235,6 +243,37 @@ def load_chestxdet(
     return records
 
 
+def prepare_chestxdet(
+    *,
+    root: str | Path,
+    train_json: str | Path | None = None,
+    test_json: str | Path | None = None,
+    views: str | Path | None = None,
+    masks_dir: str | Path | None = None,
+    metadata_only: bool = False,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    on_error: str = "raise",
+) -> Prepared:
+    """ChestX-Det as split records (``cxrkit prepare chestxdet``): its official train/test kept,
+    ``val_fraction`` of the train patients moved to val. Other arguments: :func:`load_chestxdet`;
+    ``on_error``: ``"raise"`` or ``"skip"``."""
+    from cxrkit.data import splits
+
+    issues = Issues(on_error=on_error)
+    records = load_chestxdet(
+        root=root,
+        train_json=train_json,
+        test_json=test_json,
+        views=views,
+        masks_dir=masks_dir,
+        metadata_only=metadata_only,
+        issues=issues,
+    )
+    records = splits.carve_validation(records, val_fraction=val_fraction, seed=seed)
+    return Prepared(records=records, issues=issues)
+
+
 def mask_file_name(image_id: str, finding: str) -> str:
     """``<image_id>.<finding>.png`` with spaces and slashes in the finding made filename-safe."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in finding)
@@ -281,12 +320,10 @@ def write_masks(
         mask = polygon_mask(polygons, width=record.width, height=record.height, scale=scale)
         ok, encoded = cv2.imencode(".png", mask)
         path = masks_dir / mask_file_name(record.image_id, finding)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
             if not ok:
                 raise OSError("PNG encoding failed")
-            tmp.write_bytes(encoded.tobytes())
-            os.replace(tmp, path)
+            atomic_write(path, encoded.tobytes())
         except OSError as exc:
             raise DataError(f"{path}: cannot write mask ({exc})") from exc
         paths[finding] = str(path)

@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from cxrkit.data.records import SPLITS, Box, Record, check_box
-from cxrkit.data.sources import (
+from cxrkit.data.sources.common import (
+    DEFAULT_FRACTIONS,
     IMAGE_SUFFIXES,
     Issues,
+    Prepared,
     index_files,
     is_blank,
     line_of,
@@ -42,6 +44,7 @@ from cxrkit.data.sources import (
     read_csv,
     read_many,
     resolve_input,
+    split_fractions,
 )
 from cxrkit.data.vocab import ClassTable, normalize_view, open_table
 from cxrkit.errors import ConfigError, DataError, ImageReadError, MissingFileError
@@ -330,9 +333,7 @@ def _add_boxes(
             if record.labels.get(finding) == 0:
                 raise DataError(f"{at}: box of {finding!r} but its label in the CSV is 0")
         except DataError as exc:
-            issues.add(exc, image_id=image_id)
-            dropped.add(image_id)
-            records.pop(image_id, None)
+            issues.drop(exc, image_id=image_id, records=records, dropped=dropped)
             continue
         record.boxes.append(box)
         record.labels[finding] = 1
@@ -371,3 +372,57 @@ def load_folder(
         for image_id, path in sorted(files.items())
     ]
     return list(_records(rows, source=source, issues=issues).values())
+
+
+def prepare_csv(
+    *,
+    root: str | Path,
+    csv_path: str | Path | None = None,
+    boxes_path: str | Path | None = None,
+    columns: Mapping[str, str] | None = None,
+    label_columns: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    source: str = "",
+    fractions: str | Mapping[str, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    on_error: str = "raise",
+) -> Prepared:
+    """Private data as split records (``cxrkit prepare csv``): a CSV manifest (:func:`load_csv`),
+    or without ``csv_path`` a bare folder of images (:func:`load_folder`).
+
+    A ``split`` column in the CSV is kept; when no record has a split, they are split by patient
+    with ``fractions`` (train,val,test).
+
+    Args:
+        source: the records' ``source``; default ``"csv"``, or ``"folder"`` without ``csv_path``.
+        on_error: ``"raise"`` at the first bad row, or ``"skip"`` the image and report it.
+
+    Raises:
+        DataError: ``boxes_path``, ``columns``, ``label_columns`` or ``classes`` without
+            ``csv_path``, and see :func:`load_csv` / :func:`load_folder`.
+    """
+    from cxrkit.data import splits
+
+    issues = Issues(on_error=on_error)
+    source = source or ("csv" if csv_path is not None else "folder")
+    if csv_path is None:
+        if boxes_path or columns or label_columns or classes:
+            raise DataError(
+                "--boxes, --column, --label-columns and --classes need --csv "
+                "(without --csv, --root is read as a bare folder of images)"
+            )
+        records = load_folder(root=root, source=source, issues=issues)
+    else:
+        records = load_csv(
+            root=root,
+            csv_path=csv_path,
+            boxes_path=boxes_path,
+            columns=columns,
+            label_columns=label_columns,
+            classes=classes,
+            source=source,
+            issues=issues,
+        )
+    if not any(r.split != "unassigned" for r in records):
+        records = splits.assign_splits(records, fractions=split_fractions(fractions), seed=seed)
+    return Prepared(records=records, issues=issues)

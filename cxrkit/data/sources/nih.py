@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cxrkit.data.records import Box, Record, check_box
-from cxrkit.data.sources import (
+from cxrkit.data.sources.common import (
+    DEFAULT_FRACTIONS,
     Issues,
+    Prepared,
     index_files,
     is_blank,
     line_of,
@@ -37,6 +39,7 @@ from cxrkit.data.sources import (
     read_csv,
     read_many,
     resolve_input,
+    split_fractions,
 )
 from cxrkit.data.vocab import NIH, NIH_FINDINGS, NIH_NO_FINDING, normalize_view
 from cxrkit.errors import DataError, ImageReadError, MissingFileError
@@ -246,6 +249,48 @@ def load_nih(
 _LABELS_CACHE: dict[str, dict[str, int]] = {}
 
 
+def prepare_nih(
+    *,
+    root: str | Path,
+    data_entry: str | Path | None = None,
+    bbox_list: str | Path | None = None,
+    train_val_list: str | Path | None = None,
+    test_list: str | Path | None = None,
+    metadata_only: bool = False,
+    fractions: str | Mapping[str, float] = DEFAULT_FRACTIONS,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    on_error: str = "raise",
+) -> Prepared:
+    """NIH ChestX-ray14 as split records (``cxrkit prepare nih``).
+
+    The official lists (given, or ``train_val_list.txt`` and ``test_list.txt`` in ``root``) decide
+    the split, with ``val_fraction`` of the train_val patients moved to val; without them the
+    split is by patient with ``fractions`` (train,val,test). Other arguments: :func:`load_nih`.
+
+    Args:
+        on_error: ``"raise"`` at the first bad row, or ``"skip"`` the image and report it.
+    """
+    from cxrkit.data import splits
+
+    issues = Issues(on_error=on_error)
+    records = load_nih(
+        root=root,
+        data_entry=data_entry,
+        bbox_list=bbox_list,
+        metadata_only=metadata_only,
+        issues=issues,
+    )
+    lists = find_split_lists(Path(root), train_val_list=train_val_list, test_list=test_list)
+    if lists is not None:
+        records = splits.official_nih_split(
+            records, lists[0], lists[1], val_fraction=val_fraction, seed=seed
+        )
+    else:
+        records = splits.assign_splits(records, fractions=split_fractions(fractions), seed=seed)
+    return Prepared(records=records, issues=issues, official_lists=lists)
+
+
 def _labels(text: str, *, where: Callable[[], str]) -> dict[str, int]:
     """0/1 for every NIH label from a ``Finding Labels`` cell (``"Effusion|Infiltration"``).
 
@@ -306,8 +351,6 @@ def _add_boxes(path: Path, records: dict[str, Record], issues: Issues) -> None:
             box = Box(finding=finding, x1=x * sx, y1=y * sy, x2=(x + w) * sx, y2=(y + h) * sy)
             check_box(box, width=record.width, height=record.height, where=f"{where}: image {name}")
         except DataError as exc:
-            issues.add(exc, image_id=image_id)
-            dropped.add(image_id)
-            records.pop(image_id, None)
+            issues.drop(exc, image_id=image_id, records=records, dropped=dropped)
             continue
         record.boxes.append(box)

@@ -37,19 +37,22 @@ Record contract:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrkit.data.records import Box, Record, check_box
-from cxrkit.data.sources import (
+from cxrkit.data.sources.common import (
+    DEFAULT_FRACTIONS,
     Issues,
+    Prepared,
+    assign_unless_official,
     index_files,
-    is_blank,
-    line_of,
     parse_float,
     probe_image,
     read_csv,
     read_many,
+    rows_of,
 )
 from cxrkit.data.vocab import (
     VINDR,
@@ -179,6 +182,27 @@ def load_vindr(
     return records, layout == "physionet"
 
 
+def prepare_vindr(
+    *,
+    root: str | Path,
+    layout: str = "auto",
+    fractions: str | Mapping[str, float] = DEFAULT_FRACTIONS,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    on_error: str = "raise",
+) -> Prepared:
+    """VinDr-CXR as split records (``cxrkit prepare vindr``): PhysioNet's train/test kept with
+    ``val_fraction`` of the train patients moved to val; Kaggle's images split by patient with
+    ``fractions``. Other arguments: :func:`load_vindr`; ``on_error``: ``"raise"`` or ``"skip"``.
+    """
+    issues = Issues(on_error=on_error)
+    records, official = load_vindr(root=root, layout=layout, issues=issues)
+    records = assign_unless_official(
+        records, official=official, fractions=fractions, val_fraction=val_fraction, seed=seed
+    )
+    return Prepared(records=records, issues=issues)
+
+
 def _reader_of(row: dict[str, str]) -> str:
     return row.get("rad_id", "").strip()
 
@@ -195,14 +219,9 @@ def _read_boxes(
     """annotations_*.csv or Kaggle train.csv: one row per reader mark (a box, or a no-box label)."""
     required = ("image_id", "class_name", *_COORDS) + (("class_id", "rad_id") if kaggle else ())
     df = read_csv(path, required=required, optional=("rad_id",), what="VinDr annotation file")
-    names = list(df.columns)
     # Local classes are covered by a box file: each reader looked for every one of them.
     covered = set(table.names) if kaggle else {*VINDR_LOCAL, VINDR_NO_FINDING}
-    for i, values in enumerate(df.itertuples(index=False, name=None)):
-        if is_blank(values):
-            continue
-        row = dict(zip(names, values, strict=True))
-        where = f"{path}:line {line_of(i)}"
+    for where, row in rows_of(df, path=path):
         image_id = row["image_id"].strip()
         try:
             _box_row(
@@ -285,12 +304,7 @@ def _read_image_labels(
         if finding in finding_of.values():
             raise DataError(f"{path}: two columns name the class {finding!r}")
         finding_of[column] = finding
-    names = list(df.columns)
-    for i, values in enumerate(df.itertuples(index=False, name=None)):
-        if is_blank(values):
-            continue
-        row = dict(zip(names, values, strict=True))
-        where = f"{path}:line {line_of(i)}"
+    for where, row in rows_of(df, path=path):
         image_id = row["image_id"].strip()
         try:
             if not image_id:

@@ -24,18 +24,6 @@ ANN_HEADER = ["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_
 KAGGLE_HEADER = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 
 
-@pytest.fixture
-def prepare(capsys):
-    """Run ``cxrkit prepare ...`` through the real command line; returns (exit code, out, err)."""
-
-    def run(*argv):
-        code = cli.main(["prepare", *map(str, argv)])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
-
-
 def write_dicom(path: Path, *, rows: int, columns: int, view: str | None, patient_id: str = ""):
     """A small valid DX DICOM (12-bit in 16, uncompressed) with the tags the adapter reads."""
     meta = FileMetaDataset()

@@ -19,18 +19,6 @@ from cxrkit.data.vocab import normalize_view
 from cxrkit.errors import ConfigError, DataError, ImageReadError, MissingFileError
 
 
-@pytest.fixture
-def prepare(capsys):
-    """Run ``cxrkit prepare ...`` through the real command line; returns (exit code, out, err)."""
-
-    def run(*argv):
-        code = cli.main(["prepare", *map(str, argv)])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
-
-
 def png(path: Path, width=64, height=48) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), np.zeros((height, width), np.uint8))

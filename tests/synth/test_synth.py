@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from cxrkit import cli
-from cxrkit.data import synthetic
+from cxrkit import synth as synthetic
 
 SEED = 3
 N = 10

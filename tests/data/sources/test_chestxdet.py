@@ -16,18 +16,6 @@ from cxrkit.data.vocab import CHESTXDET_FINDINGS
 from cxrkit.errors import DataError, ImageReadError, MissingFileError
 
 
-@pytest.fixture
-def prepare(capsys):
-    """Run ``cxrkit prepare ...`` through the real command line; returns (exit code, out, err)."""
-
-    def run(*argv):
-        code = cli.main(["prepare", *map(str, argv)])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
-
-
 @pytest.fixture(scope="module")
 def real(shared_data):
     return chestxdet.load_chestxdet(root=shared_data / "chestx-det", metadata_only=True)

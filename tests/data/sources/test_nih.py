@@ -26,18 +26,6 @@ HEADER_2017 = (
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 
 
-@pytest.fixture
-def prepare(capsys):
-    """Run ``cxrkit prepare ...`` through the real command line; returns (exit code, out, err)."""
-
-    def run(*argv):
-        code = cli.main(["prepare", *map(str, argv)])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
-
-
 @pytest.fixture(scope="module")
 def sample(shared_data):
     return {
