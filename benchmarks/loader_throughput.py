@@ -33,7 +33,10 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
 
 from cxrkit.config import PreprocessConfig  # noqa: E402
-from cxrkit.data import datasets  # noqa: E402
+from cxrkit.data import (
+    augmentation,
+    datasets,  # noqa: E402
+)
 from cxrkit.data.cache import Cache  # noqa: E402
 from cxrkit.data.preprocess import build_cache  # noqa: E402
 from cxrkit.data.records import Record  # noqa: E402
@@ -140,7 +143,7 @@ def main() -> None:
             progress=False,
         )
         cache = Cache(work / f"cache-{args.size}")
-        augment = datasets.default_augment(kind="classification", size=args.size)
+        augment = augmentation.default_augment(kind="classification", size=args.size)
         cached = datasets.ClassificationDataset(
             records=records, cache=cache, findings=["Nodule"], augment=augment
         )

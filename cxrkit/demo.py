@@ -241,7 +241,7 @@ def _prepare(synth: Path, data: Path, *, seed: int, progress: _Progress) -> tupl
 
 def _preprocess(vindr: Path, nih: Path, data: Path, *, plan: Plan) -> tuple[Any, Any]:
     from cxrkit.config import DataConfig, PreprocessConfig
-    from cxrkit.data import datasets
+    from cxrkit.data import loading
 
     configs = []
     for manifest, name in ((vindr, "vindr"), (nih, "nih")):
@@ -251,7 +251,7 @@ def _preprocess(vindr: Path, nih: Path, data: Path, *, plan: Plan) -> tuple[Any,
             preprocess=PreprocessConfig(size=plan.cache_size),
             num_workers=0,
         )
-        datasets.open_cache(config, progress=True)  # builds it (resumable, atomic)
+        loading.open_cache(config, progress=True)  # builds it (resumable, atomic)
         configs.append(config)
     return configs[0], configs[1]
 
@@ -336,13 +336,13 @@ def _finetune(
 
 
 def _predict(detectors: Mapping[str, Path], data: Any, out: Path) -> dict[str, Path]:
-    from cxrkit.data import datasets
+    from cxrkit.data import loading
     from cxrkit.eval.predictions import write_predictions
     from cxrkit.finetune.predict import predict
     from cxrkit.finetune.train import load_detector
 
-    cache = datasets.open_cache(data, progress=False)
-    records = datasets.load_records(data, split="test", cache=cache)
+    cache = loading.open_cache(data, progress=False)
+    records = loading.load_records(data, split="test", cache=cache)
     paths = {}
     for init, path in detectors.items():
         model, config = load_detector(path)
@@ -362,7 +362,7 @@ def _evaluate(
     predictions: Mapping[str, Path], data: Any, out: Path, *, plan: Plan, seed: int
 ) -> dict[str, dict[str, Any]]:
     from cxrkit.config import load
-    from cxrkit.data import datasets
+    from cxrkit.data import loading
     from cxrkit.eval import detection, report
     from cxrkit.eval.predictions import read_predictions
     from cxrkit.finetune.config import FinetuneConfig
@@ -370,7 +370,7 @@ def _evaluate(
 
     # ground truth = the readers' boxes fused as for training (weighted boxes fusion)
     config = load(FinetuneConfig, overrides=[f"classes=[{', '.join(DEMO_CLASSES)}]"])
-    test = detection_records(datasets.load_records(data, split="test"), config=config, train=False)
+    test = detection_records(loading.load_records(data, split="test"), config=config, train=False)
     results = {}
     for init, path in predictions.items():
         frame, _ = read_predictions(path, kind="detection")
@@ -383,15 +383,15 @@ def _evaluate(
 
 
 def _cams(detector: Path, data: Any, out: Path, *, plan: Plan) -> list[Path]:
-    from cxrkit.data import datasets
+    from cxrkit.data import loading
     from cxrkit.finetune.cam import explain
     from cxrkit.finetune.train import load_detector
 
     model, config = load_detector(detector)
     # a barely trained detector scores low: take each image's top box whatever its score
     model.roi_heads.score_thresh = 0.0
-    cache = datasets.open_cache(data, progress=False)
-    records = [r for r in datasets.load_records(data, split="test", cache=cache) if r.boxes]
+    cache = loading.open_cache(data, progress=False)
+    records = [r for r in loading.load_records(data, split="test", cache=cache) if r.boxes]
     drawn: list[Path] = []
     for record in records:
         if len(drawn) >= plan.cam_images:

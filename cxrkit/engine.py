@@ -437,10 +437,10 @@ def prepare_run(
     save_run_config(config, out)
     run = Run(output_dir=out, checkpoint=checkpoint)
     if data is not None:
-        from cxrkit.data import datasets
+        from cxrkit.data import loading
 
-        records = datasets.load_records(data)
-        run.cache = datasets.open_cache(data, records=records)
+        records = loading.load_records(data)
+        run.cache = loading.open_cache(data, records=records)
         run.records = {split: [r for r in records if r.split == split] for split in splits}
     return run
 

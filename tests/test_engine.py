@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cxrkit import engine
 from cxrkit.config import TrainerConfig, load
+from cxrkit.data import loading
 from cxrkit.errors import CheckpointError, MissingFileError, NonFiniteLossError
 
 
@@ -239,7 +240,7 @@ def test_prepare_run_reads_the_manifest_once_and_keeps_each_split(tmp_path, monk
     import numpy as np
 
     from cxrkit.config import DataConfig, PreprocessConfig
-    from cxrkit.data import datasets, records
+    from cxrkit.data import records
     from cxrkit.data.records import Record
 
     rows = []
@@ -259,8 +260,8 @@ def test_prepare_run_reads_the_manifest_once_and_keeps_each_split(tmp_path, monk
         )
     records.write_manifest(rows, tmp_path / "m.parquet")
     reads = []
-    real = datasets.read_manifest
-    monkeypatch.setattr(datasets, "read_manifest", lambda p: reads.append(p) or real(p))
+    real = loading.read_manifest
+    monkeypatch.setattr(loading, "read_manifest", lambda p: reads.append(p) or real(p))
     data = DataConfig(
         manifest=str(tmp_path / "m.parquet"),
         cache=str(tmp_path / "cache"),
@@ -273,7 +274,7 @@ def test_prepare_run_reads_the_manifest_once_and_keeps_each_split(tmp_path, monk
 
     monkeypatch.setattr(engine, "save_run_config", lambda config, out: None)
     (tmp_path / "cache").mkdir()
-    datasets.open_cache(data)  # build the cache first: a first build reads the manifest itself
+    loading.open_cache(data)  # build the cache first: a first build reads the manifest itself
     reads.clear()
     run = engine.prepare_run(Config(), data=data, splits=("train", "val"))
     assert len(reads) == 1

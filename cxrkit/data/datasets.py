@@ -1,19 +1,17 @@
 """Torch Datasets over a manifest and its cache: unlabeled views, classification and detection.
 
-Every stage reads images the same way: :func:`load_records` gives the manifest's records,
-:func:`open_cache` gives the preprocessed cache (building it on first use), and one of the Datasets
-below turns each record into a sample dict. Contracts shared by all of them:
+Every stage reads images the same way: :func:`cxrkit.data.loading.load_records` gives the
+manifest's records, :func:`cxrkit.data.loading.open_cache` the preprocessed cache (built on first
+use), and one of the Datasets below turns each record into a sample dict.
+Contracts shared by all of them:
 
 * ``image``: FloatTensor[1, H, W] in [0, 1], **cache pixels** (the cache stores uint8 H x W).
 * ``boxes``: FloatTensor[N, 4], x1y1x2y2 in **cache pixels**, ``0 <= x1 < x2 <= W``; N may be 0.
   Map them back with ``cache.geometry(image_id).boxes_to_original(boxes)``.
 * ``image_id`` is in every sample, and an exception while loading item ``i`` is re-raised as
   :class:`~cxrkit.errors.DataError` naming that image and the cause.
-* Augmentation is an albumentations ``Compose`` applied to the uint8 image together with its masks
-  and pascal_voc boxes (label field :data:`BOX_LABEL_FIELD`) *before* conversion to tensors.
-  Afterwards boxes are clipped to the image and a box narrower or shorter than
-  :data:`MIN_AUGMENTED_BOX_SIDE` cache pixels is dropped with its label: it was pushed (almost) out
-  of the image and no longer shows its lesion. Without augmentation boxes are used as mapped.
+* Augmentation (:mod:`cxrkit.data.augment`) is an albumentations ``Compose`` applied to the uint8
+  image with its masks and boxes before conversion to tensors. Without it boxes are used as mapped.
 
 The Datasets are safe for DataLoader workers under fork and spawn: ``__init__`` opens no files, and
 per-item targets are packed into one byte buffer (so forked workers do not copy millions of Python
@@ -25,241 +23,27 @@ otherwise inherit in the same state, repeating one worker's "random" augmentatio
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import time
-from collections.abc import Callable, Iterable, MutableSequence, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import albumentations as A  # cxrkit/__init__.py has already turned off its update check
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from cxrkit.config import DataConfig, PreprocessConfig
-from cxrkit.data import cache as cache_layout
 from cxrkit.data import findings as findings_mod
-from cxrkit.data.cache import ERRORS_FILE, INDEX_FILE, RECIPE_FILE, Cache
-from cxrkit.data.records import SPLITS, Box, Record, read_manifest
-from cxrkit.errors import ConfigError, DataError, MissingFileError
+from cxrkit.data.augmentation import apply_augment, check_augment, clip_boxes
+from cxrkit.data.cache import Cache
+from cxrkit.data.records import Box, Record
+from cxrkit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-BOX_LABEL_FIELD = "box_labels"
-"""Name of the albumentations label field that carries box identities through augmentation."""
-
-MIN_AUGMENTED_BOX_SIDE = 1.0
-"""Boxes narrower or shorter than this (cache pixels) after augmentation are dropped."""
-
-CACHE_WAIT_ENV = "CXRKIT_CACHE_WAIT_S"
-"""Seconds a non-zero rank waits for rank 0 to build the cache (default :data:`CACHE_WAIT_S`)."""
-
-CACHE_WAIT_S = 6 * 3600.0
 
 # Sample keys that hold one entry per box; collate keeps them as lists (their length varies).
 PER_BOX_KEYS = ("boxes", "box_findings")
 
 _EXAMPLES = 5  # ids quoted in an error message about many images
-
-
-# --------------------------------------------------------------------------------------------------
-# Records and cache
-
-
-def load_records(
-    data: DataConfig, *, split: str | None = None, cache: Cache | None = None
-) -> list[Record]:
-    """The records of ``data.manifest``, optionally of one split and checked against a cache.
-
-    Args:
-        data: its ``manifest`` is read; ``on_error`` applies when ``cache`` is given.
-        split: keep only records of this split (one of ``records.SPLITS``); None keeps all.
-        cache: when given, records missing from it raise :class:`DataError` (``on_error="fail"``)
-            or are dropped with a logged warning (``on_error="skip"``), as in :func:`open_cache`.
-
-    Raises:
-        ConfigError: ``data.manifest`` is not set or ``split`` is unknown.
-        MissingFileError / DataError: the manifest is missing or unreadable.
-    """
-    if not data.manifest:
-        raise ConfigError(
-            "data.manifest is not set: give the Parquet manifest from `cxrkit prepare` "
-            "(data.manifest=PATH)"
-        )
-    if split is not None and split not in SPLITS:
-        raise ConfigError(f"split {split!r} is not one of {SPLITS}")
-    records = read_manifest(data.manifest)
-    if split is not None:
-        records = [r for r in records if r.split == split]
-    if cache is not None:
-        _check_in_cache(records, cache, on_error=data.on_error)
-    return records
-
-
-def open_cache(
-    data: DataConfig, *, records: Sequence[Record] | None = None, progress: bool = True
-) -> Cache:
-    """Open the cache at ``data.cache``, building it first if it has no ``index.parquet``.
-
-    The cache is built from every record of ``data.manifest`` plus any of ``records`` not in the
-    manifest, with ``data.preprocess``, ``data.num_workers`` processes and ``data.on_error``. Under
-    DDP only global rank 0 builds (rank from ``RANK``, ``SLURM_PROCID`` or ``LOCAL_RANK``); the
-    other ranks wait for ``index.parquet`` up to ``$CXRKIT_CACHE_WAIT_S`` seconds (default 6 h).
-
-    Every requested record (``records``, or the whole manifest when None) must be in the cache.
-    Missing ones (failed or skipped in preprocess) raise :class:`DataError` with their count and
-    examples, unless ``data.on_error == "skip"``: then they are logged as a warning with their count
-    and removed **in place** from ``records`` (which must then be a list, as from
-    :func:`load_records`), so the caller's list matches the cache.
-
-    Raises:
-        ConfigError: ``data.cache`` unset; the cache was built with another recipe than
-            ``data.preprocess``; nothing to build from; ``records`` is not a list under ``skip``.
-        MissingFileError: the manifest is missing; rank 0 did not finish the cache in time.
-        DataError: requested records missing from the cache (``on_error="fail"``).
-    """
-    if not data.cache:
-        raise ConfigError(
-            "data.cache is not set: give a cache directory (data.cache=PATH); it is built from "
-            "data.manifest on first use"
-        )
-    root = Path(data.cache)
-    if (root / RECIPE_FILE).is_file():
-        # Before building: a mismatched recipe must not resume into (and corrupt) this cache.
-        _check_recipe(root, data.preprocess)
-    if not (root / INDEX_FILE).is_file():
-        rank = global_rank()
-        if rank == 0:
-            _build(root, data=data, records=records, progress=progress)
-        else:
-            _wait_for_index(root, rank=rank)
-    cache = Cache(root)
-    _check_recipe(root, data.preprocess)
-    requested = (
-        records if records is not None else (read_manifest(data.manifest) if data.manifest else [])
-    )
-    _check_in_cache(requested, cache, on_error=data.on_error)
-    return cache
-
-
-def global_rank() -> int:
-    """This process's global rank from the launcher's environment (0 without a launcher).
-
-    torchrun sets ``RANK``, SLURM ``SLURM_PROCID``; Lightning's own launcher sets only
-    ``LOCAL_RANK`` (and ``NODE_RANK`` across nodes), so that is the fallback.
-    """
-
-    def read(name: str) -> int | None:
-        value = os.environ.get(name, "").strip()
-        if not value:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
-
-    for name in ("RANK", "SLURM_PROCID"):
-        rank = read(name)
-        if rank is not None:
-            return rank
-    local, node = read("LOCAL_RANK") or 0, read("NODE_RANK") or read("GROUP_RANK") or 0
-    return local + node * max(1, read("LOCAL_WORLD_SIZE") or 1)
-
-
-def _build(
-    root: Path, *, data: DataConfig, records: Sequence[Record] | None, progress: bool
-) -> None:
-    from cxrkit.data.preprocess import build_cache  # the writer's deps are not needed to read
-
-    to_build = read_manifest(data.manifest) if data.manifest else []
-    known = {r.image_id for r in to_build}
-    to_build += [r for r in records or () if r.image_id not in known]
-    if not to_build:
-        raise ConfigError(
-            f"{root}: no cache there and nothing to build it from (data.manifest is not set and "
-            "no records were given)"
-        )
-    log.info("building the cache at %s from %d records", root, len(to_build))
-    summary = build_cache(
-        records=to_build,
-        out_dir=root,
-        recipe=data.preprocess,
-        workers=data.num_workers,
-        on_error=data.on_error,
-        progress=progress,
-    )
-    if summary.failed:
-        log.warning(
-            "%s: %d of %d images could not be cached and were skipped; see %s",
-            root,
-            summary.failed,
-            len(to_build),
-            summary.errors_file,
-        )
-
-
-def _wait_for_index(root: Path, *, rank: int) -> None:
-    raw = os.environ.get(CACHE_WAIT_ENV, "").strip()
-    try:
-        timeout = float(raw) if raw else CACHE_WAIT_S
-    except ValueError:
-        raise ConfigError(f"{CACHE_WAIT_ENV}={raw!r} is not a number of seconds") from None
-    poll = min(10.0, max(0.05, timeout / 100))
-    log.info(
-        "rank %d: waiting up to %.0f s for rank 0 to build the cache at %s", rank, timeout, root
-    )
-    deadline = time.monotonic() + timeout
-    while not (root / INDEX_FILE).is_file():
-        if time.monotonic() >= deadline:
-            raise MissingFileError(
-                f"{root}: rank {rank} waited {timeout:.0f} s for global rank 0 to build the cache "
-                f"but {INDEX_FILE} did not appear; check rank 0's log for its error, build the "
-                f"cache beforehand with `cxrkit preprocess --manifest M --out {root}`, or wait "
-                f"longer with {CACHE_WAIT_ENV}=SECONDS"
-            )
-        time.sleep(poll)
-
-
-def _check_recipe(root: Path, wanted: PreprocessConfig) -> None:
-    stored = cache_layout.read_recipe(root)
-    expected = asdict(wanted)
-    changed = [k for k in cache_layout.recipe_differences(stored, expected) if k in expected]
-    if changed:
-        details = ", ".join(
-            f"{k}: cache {stored.get(k)!r} vs config {expected[k]!r}" for k in changed
-        )
-        raise ConfigError(
-            f"the cache at {root} was built with a different recipe than data.preprocess "
-            f"({details}); {root / RECIPE_FILE} must match the config: point data.cache at another "
-            f"directory, set data.preprocess to the cache's recipe, or delete {root} to rebuild it"
-        )
-
-
-def _check_in_cache(records: Sequence[Record], cache: Cache, *, on_error: str) -> None:
-    missing = [r.image_id for r in records if r.image_id not in cache]
-    if not missing:
-        return
-    examples = ", ".join(repr(i) for i in missing[:_EXAMPLES])
-    message = (
-        f"{cache.root}: {len(missing)} of {len(records)} requested images are not in the cache "
-        f"(e.g. {examples}): they failed or were skipped in preprocess (see "
-        f"{cache.root / ERRORS_FILE}) or were added to the manifest after the cache was built"
-    )
-    if on_error != "skip":
-        raise DataError(
-            f"{message}; fix them and rerun `cxrkit preprocess`, or set data.on_error=skip to "
-            "train without them"
-        )
-    if not isinstance(records, MutableSequence):
-        raise ConfigError(
-            f"{message}; data.on_error=skip drops them from the records, which needs a list "
-            f"(got {type(records).__name__})"
-        )
-    log.warning("%s; data.on_error=skip: dropping these %d images", message, len(missing))
-    records[:] = [r for r in records if r.image_id in cache]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,155 +98,6 @@ def _collate_values(values: list[Any]) -> Any:
     ):
         return [_collate_values(list(views)) for views in zip(*values, strict=True)]
     return list(values)
-
-
-# --------------------------------------------------------------------------------------------------
-# Augmentation
-
-
-@dataclass(frozen=True)
-class _Strength:
-    scale: float  # +- relative zoom
-    translate: float  # +- fraction of the side, per axis
-    rotate: float  # +- degrees
-    intensity: float  # +- brightness and contrast
-    p: float  # probability of each transform
-
-
-_STRENGTHS = {
-    "light": _Strength(scale=0.05, translate=0.03, rotate=5.0, intensity=0.1, p=0.5),
-    "strong": _Strength(scale=0.15, translate=0.08, rotate=10.0, intensity=0.25, p=0.8),
-}
-_KINDS = ("classification", "detection")
-
-
-def default_augment(
-    *, kind: str, size: int, strength: str = "light", hflip: bool = False
-) -> A.Compose:
-    """The default training augmentation for chest X-rays.
-
-    Small affine jitter (zoom, shift, rotation; zero fill) and brightness/contrast, then a resize to
-    ``size x size``. Grayscale throughout: no hue, saturation or colour jitter. Boxes go through as
-    pascal_voc with label field :data:`BOX_LABEL_FIELD` and are clipped; masks follow the image with
-    nearest interpolation.
-
-    Args:
-        kind: ``"classification"`` or ``"detection"``. Detection rotates half as much, bounds
-            rotated boxes by the inscribed ellipse (tighter than the rotated corners) and drops a
-            box with under a quarter of its area left in the image.
-        size: output side in pixels. Use the cache's side (``data.preprocess.size``) so that boxes
-            stay in cache pixels; a smaller side trains at a lower resolution than the cache.
-        strength: ``"light"`` or ``"strong"``.
-        hflip: add a random horizontal flip (p = 0.5). Off by default: a chest X-ray is not
-            mirror-symmetric (heart and aortic arch on the left, laterality markers), so a flipped
-            film is an anatomically impossible image and turns left-sided findings into right-sided
-            ones; enable it only for findings whose appearance does not depend on the side.
-
-    Raises:
-        ConfigError: unknown ``kind`` or ``strength``, or ``size < 16``.
-    """
-    if kind not in _KINDS:
-        raise ConfigError(f"augmentation kind {kind!r} is not one of {_KINDS}")
-    if strength not in _STRENGTHS:
-        raise ConfigError(f"augmentation strength {strength!r} is not one of {tuple(_STRENGTHS)}")
-    if size < 16:
-        raise ConfigError(f"augmentation size must be at least 16 pixels, got {size}")
-    s = _STRENGTHS[strength]
-    detection = kind == "detection"
-    rotate = s.rotate / 2 if detection else s.rotate
-    transforms: list[Any] = [A.HorizontalFlip(p=0.5)] if hflip else []
-    transforms += [
-        A.Affine(
-            scale=(1 - s.scale, 1 + s.scale),
-            translate_percent={"x": (-s.translate, s.translate), "y": (-s.translate, s.translate)},
-            rotate=(-rotate, rotate),
-            rotate_method="ellipse" if detection else "largest_box",
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=0,
-            fill_mask=0,
-            p=s.p,
-        ),
-        A.RandomBrightnessContrast(brightness_limit=s.intensity, contrast_limit=s.intensity, p=s.p),
-        A.Resize(height=size, width=size),
-    ]
-    bbox_params = A.BboxParams(
-        format="pascal_voc",
-        label_fields=[BOX_LABEL_FIELD],
-        clip=True,
-        # Detection: a lesion with under a quarter of its box left in view is no longer a fair
-        # positive. Classification keeps every box (they are auxiliary targets there).
-        min_visibility=0.25 if detection else 0.0,
-        filter_invalid_bboxes=True,
-    )
-    return A.Compose(transforms, bbox_params=bbox_params)
-
-
-def _check_augment(augment: Any, *, needs_boxes: bool, dataset: str) -> None:
-    if augment is None:
-        return
-    if not isinstance(augment, A.Compose):
-        raise ConfigError(
-            f"{dataset}: augment must be an albumentations Compose (e.g. "
-            f"datasets.default_augment(...)), got {type(augment).__name__}"
-        )
-    if not needs_boxes:
-        return
-    processor = augment.processors.get("bboxes")
-    params = getattr(processor, "params", None)
-    if (
-        params is None
-        or params.format != "pascal_voc"
-        or BOX_LABEL_FIELD not in (params.label_fields or ())
-    ):
-        raise ConfigError(
-            f"{dataset}: the records have boxes, so augment needs "
-            f"bbox_params=A.BboxParams(format='pascal_voc', label_fields=[{BOX_LABEL_FIELD!r}], "
-            "clip=True) to move them with the image"
-        )
-
-
-def _apply_augment(
-    augment: A.Compose, *, image: np.ndarray, masks: list[np.ndarray], boxes: np.ndarray
-) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
-    """Augment image, masks and boxes together. Returns them and, per kept box, its input index."""
-    height, width = image.shape
-    inputs: dict[str, Any] = {"image": image}
-    if masks:
-        inputs["masks"] = masks
-    has_box_processor = "bboxes" in augment.processors
-    if has_box_processor:
-        # Mapped boxes can pass the border by float rounding, which albumentations rejects.
-        inputs["bboxes"] = _clip_boxes(boxes, width=width, height=height)
-        inputs[BOX_LABEL_FIELD] = np.arange(len(boxes), dtype=np.int64)
-    elif len(boxes):
-        raise ConfigError(f"augment has no bbox_params but the image has {len(boxes)} boxes")
-    out = augment(**inputs)
-    image = out["image"]
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8):
-        raise ConfigError(
-            "augment must return the image as a uint8 array (leave out Normalize/ToTensorV2: the "
-            f"dataset converts to tensors), got {type(image).__name__} "
-            f"{getattr(image, 'dtype', '')}"
-        )
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    new_masks = [np.asarray(m) for m in out["masks"]] if masks else []
-    if not has_box_processor:
-        return image, new_masks, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-    index = np.asarray(out[BOX_LABEL_FIELD], dtype=np.int64).reshape(-1)
-    boxes = _clip_boxes(boxes, width=image.shape[1], height=image.shape[0])
-    keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_AUGMENTED_BOX_SIDE) & (
-        (boxes[:, 3] - boxes[:, 1]) >= MIN_AUGMENTED_BOX_SIDE
-    )
-    return image, new_masks, boxes[keep], index[keep]
-
-
-def _clip_boxes(boxes: np.ndarray, *, width: int, height: int) -> np.ndarray:
-    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
-    out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
-    out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -568,7 +203,7 @@ class _CacheDataset(Dataset):
         """Record boxes (original pixels) -> (N, 4) float32 cache pixels, clipped to the image."""
         geometry = self.cache.geometry(image_id)
         boxes = geometry.boxes_to_cache(np.array([b.xyxy for b in boxes], np.float64))
-        return _clip_boxes(boxes, width=geometry.width, height=geometry.height)
+        return clip_boxes(boxes, width=geometry.width, height=geometry.height)
 
 
 class UnlabeledDataset(_CacheDataset):
@@ -607,7 +242,7 @@ class UnlabeledDataset(_CacheDataset):
             out = _to_tensor(image)
         elif isinstance(self.transform, A.Compose):
             empty = np.zeros((0, 4), np.float32)
-            out = _to_tensor(_apply_augment(self.transform, image=image, masks=[], boxes=empty)[0])
+            out = _to_tensor(apply_augment(self.transform, image=image, masks=[], boxes=empty)[0])
         else:
             out = self.transform(image)
         return {"image_id": item["image_id"], "image": out}
@@ -653,7 +288,7 @@ class ClassificationDataset(_CacheDataset):
         self.findings = [name for name, _ in groups]
         self.masks = list(masks)
         self.augment = augment
-        _check_augment(
+        check_augment(
             augment,
             needs_boxes=any(r.boxes for r in records),
             dataset="ClassificationDataset",
@@ -700,7 +335,7 @@ class ClassificationDataset(_CacheDataset):
         boxes, findings = item["boxes"], item["box_findings"]
         present = list(found.values())
         if self.augment is not None:
-            image, present, boxes, kept = _apply_augment(
+            image, present, boxes, kept = apply_augment(
                 self.augment, image=image, masks=present, boxes=boxes
             )
             findings = [findings[i] for i in kept]
@@ -777,7 +412,7 @@ class DetectionDataset(_CacheDataset):
         self.classes = [name for name, _ in groups]
         self.ignore = list(ignore)
         self.augment = augment
-        _check_augment(augment, needs_boxes=True, dataset="DetectionDataset")
+        check_augment(augment, needs_boxes=True, dataset="DetectionDataset")
         self._label_of = label_of
         self._items = _Packed(self._plan(r) for r in records)
 
@@ -805,7 +440,7 @@ class DetectionDataset(_CacheDataset):
         image = self._read_image(item["image_id"])
         boxes, labels = item["boxes"], item["labels"]
         if self.augment is not None:
-            image, _, boxes, kept = _apply_augment(self.augment, image=image, masks=[], boxes=boxes)
+            image, _, boxes, kept = apply_augment(self.augment, image=image, masks=[], boxes=boxes)
             labels = labels[kept]
         return {
             "image_id": item["image_id"],

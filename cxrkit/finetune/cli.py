@@ -184,7 +184,7 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list[Any], Any]:
 
     import torch
 
-    from cxrkit.data import datasets
+    from cxrkit.data import loading
     from cxrkit.finetune.train import load_detector
 
     model, config = load_detector(args.model)
@@ -196,8 +196,8 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, list[Any], Any]:
     if not data.manifest or not data.cache:
         raise ConfigError(f"{args.model}: the detector names no manifest/cache; give them")
     split = None if args.split == "all" else args.split
-    cache = datasets.open_cache(data, progress=not args.no_progress)
-    records = datasets.load_records(data, split=split, cache=cache)
+    cache = loading.open_cache(data, progress=not args.no_progress)
+    records = loading.load_records(data, split=split, cache=cache)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

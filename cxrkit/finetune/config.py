@@ -102,8 +102,9 @@ class FusionConfig:
 
 @dataclass
 class AugmentConfig:
-    """Box-safe training augmentation: :func:`cxrkit.data.datasets.default_augment` (albumentations
-    affine jitter and brightness/contrast on the uint8 cache image, boxes moved with it)."""
+    """Box-safe training augmentation: :func:`cxrkit.data.augmentation.default_augment`
+    (albumentations affine jitter and brightness/contrast on the uint8 cache image, boxes moved with
+    it)."""
 
     enabled: bool = True
     strength: str = "light"  # light | strong

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from cxrkit import engine
 from cxrkit.config import to_dict
-from cxrkit.data import datasets
+from cxrkit.data import augmentation, datasets, loading
 from cxrkit.data.cache import Cache
 from cxrkit.data.records import Record
 from cxrkit.errors import DataError, MissingFileError
@@ -69,7 +69,7 @@ def detection_dataset(
     """The DetectionDataset of fused ``records`` (augmented when training and enabled)."""
     augment = None
     if train and config.augment.enabled:
-        augment = datasets.default_augment(
+        augment = augmentation.default_augment(
             kind="detection",
             size=config.data.preprocess.size,
             strength=config.augment.strength,
@@ -92,9 +92,9 @@ def fit(config: FinetuneConfig, *, resume: str | bool = "auto") -> RunResult:
     out = Path(config.output_dir)
     L.seed_everything(config.trainer.seed, workers=True)
     engine.save_run_config(config, out)
-    cache = datasets.open_cache(config.data)
-    train_raw = datasets.load_records(config.data, split=config.data.train_split, cache=cache)
-    val_raw = datasets.load_records(config.data, split=config.data.val_split, cache=cache)
+    cache = loading.open_cache(config.data)
+    train_raw = loading.load_records(config.data, split=config.data.train_split, cache=cache)
+    val_raw = loading.load_records(config.data, split=config.data.val_split, cache=cache)
     if not train_raw:
         raise DataError(
             f"{config.data.manifest}: no record in split {config.data.train_split!r} to train on"

@@ -130,11 +130,11 @@ def _for_inference(config: Any, ns: argparse.Namespace) -> Any:
 
 
 def _records(config: Any, split: str) -> tuple[Any, list]:
-    from cxrkit.data import datasets
+    from cxrkit.data import loading
     from cxrkit.errors import DataError
 
-    cache = datasets.open_cache(config.data)
-    records = datasets.load_records(
+    cache = loading.open_cache(config.data)
+    records = loading.load_records(
         config.data, split=None if split == "all" else split, cache=cache
     )
     if not records:

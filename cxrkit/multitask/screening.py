@@ -38,7 +38,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from cxrkit import engine
-from cxrkit.data import datasets
+from cxrkit.data import loading
 from cxrkit.data.cache import Cache
 from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
@@ -489,9 +489,9 @@ def train_ensemble(config: MultiTaskConfig) -> Path:
     out = Path(config.output_dir)
     L.seed_everything(config.trainer.seed, workers=True)
     engine.save_run_config(config, out)
-    cache = datasets.open_cache(config.data)
-    train_records = datasets.load_records(config.data, split=config.data.train_split, cache=cache)
-    val_records = datasets.load_records(config.data, split=config.data.val_split, cache=cache)
+    cache = loading.open_cache(config.data)
+    train_records = loading.load_records(config.data, split=config.data.train_split, cache=cache)
+    val_records = loading.load_records(config.data, split=config.data.val_split, cache=cache)
     if not train_records:
         raise DataError(
             f"{config.data.manifest}: no record in split {config.data.train_split!r} to train on"
@@ -519,7 +519,7 @@ def train_ensemble(config: MultiTaskConfig) -> Path:
         config=config,
     )
     split = config.screening.svm_split
-    calib = datasets.load_records(config.data, split=split, cache=cache)
+    calib = loading.load_records(config.data, split=split, cache=cache)
     calib = [r for r in calib if targets.is_abnormal(r) is not None]
     if not calib:
         raise DataError(
@@ -555,7 +555,7 @@ def train_ensemble(config: MultiTaskConfig) -> Path:
         at["specificity"],
         split,
     )
-    records = datasets.load_records(config.data, split=config.predict_split, cache=cache)
+    records = loading.load_records(config.data, split=config.predict_split, cache=cache)
     if records:
         screen_records(
             ensemble,

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from cxrkit import engine
 from cxrkit.config import to_dict
-from cxrkit.data import datasets
+from cxrkit.data import augmentation, datasets, loading
 from cxrkit.data.cache import Cache
 from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
@@ -54,7 +54,9 @@ def build_dataset(
     findings = config.screening.diseases if config.task == "screening" else config.findings
     augment = None
     if train and config.augment:
-        augment = datasets.default_augment(kind="classification", size=config.data.preprocess.size)
+        augment = augmentation.default_augment(
+            kind="classification", size=config.data.preprocess.size
+        )
     base = datasets.ClassificationDataset(
         records=records, cache=cache, findings=findings, masks=layout.names, augment=augment
     )
@@ -207,9 +209,9 @@ def fit(config: MultiTaskConfig) -> Path:
     out = Path(config.output_dir)
     L.seed_everything(config.trainer.seed, workers=True)
     engine.save_run_config(config, out)
-    cache = datasets.open_cache(config.data)
-    train_records = datasets.load_records(config.data, split=config.data.train_split, cache=cache)
-    val_records = datasets.load_records(config.data, split=config.data.val_split, cache=cache)
+    cache = loading.open_cache(config.data)
+    train_records = loading.load_records(config.data, split=config.data.train_split, cache=cache)
+    val_records = loading.load_records(config.data, split=config.data.val_split, cache=cache)
     if not train_records:
         raise DataError(
             f"{config.data.manifest}: no record in split {config.data.train_split!r} to train on"
@@ -250,7 +252,7 @@ def fit(config: MultiTaskConfig) -> Path:
     findings = [parse_finding(f)[0] for f in config.findings]
     save_model(module.model, config, out / MODEL_FILE, findings=findings)
     split = config.predict_split
-    records = datasets.load_records(config.data, split=split, cache=cache)
+    records = loading.load_records(config.data, split=split, cache=cache)
     if records:
         path = write_split_predictions(
             module.model,

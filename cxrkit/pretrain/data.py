@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cxrkit.config import DataConfig
-from cxrkit.data import datasets
+from cxrkit.data import datasets, loading
 from cxrkit.errors import ConfigError
 from cxrkit.pretrain.config import ViewsConfig
 from cxrkit.pretrain.sampling import ResumableSampler, SeededViews
@@ -48,13 +48,13 @@ class PretrainData(L.LightningDataModule):
         if self.dataset is not None:
             return
         split = None if self.data.train_split in ALL_SPLITS else self.data.train_split
-        records = datasets.load_records(self.data, split=split)
+        records = loading.load_records(self.data, split=split)
         if not records:
             raise ConfigError(
                 f"{self.data.manifest}: no records in split {self.data.train_split!r} to pretrain "
                 "on (data.train_split=all uses every record)"
             )
-        cache = datasets.open_cache(self.data, records=records)
+        cache = loading.open_cache(self.data, records=records)
         self.dataset = datasets.UnlabeledDataset(
             records=records, cache=cache, transform=build_view_transform(views=self.views)
         )

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from cxrkit import config as config_io
 from cxrkit import engine
-from cxrkit.data import datasets
+from cxrkit.data import datasets, loading
 from cxrkit.data.records import Record
 from cxrkit.errors import ConfigError
 from cxrkit.eval import classification
@@ -202,15 +202,15 @@ def run(config: LinearEvalConfig) -> pd.DataFrame:
     out = Path(config.output_dir)
     engine.save_run_config(config, out)
     train_split, test_split = config.data.train_split, config.data.test_split
-    train_records = datasets.load_records(config.data, split=train_split)
-    test_records = datasets.load_records(config.data, split=test_split)
+    train_records = loading.load_records(config.data, split=train_split)
+    test_records = loading.load_records(config.data, split=test_split)
     for name, split, records in (
         ("training", train_split, train_records),
         ("test", test_split, test_records),
     ):
         if not records:
             raise ConfigError(f"{config.data.manifest}: no {name} records (split {split!r})")
-    cache = datasets.open_cache(config.data, records=train_records + test_records)
+    cache = loading.open_cache(config.data, records=train_records + test_records)
     test_data = datasets.ClassificationDataset(
         records=test_records, cache=cache, findings=config.findings
     )

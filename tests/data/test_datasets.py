@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxrkit.config import DataConfig, PreprocessConfig
-from cxrkit.data import datasets
+from cxrkit.data import augmentation, datasets, loading
 from cxrkit.data.cache import Cache
 from cxrkit.data.preprocess import build_cache
 from cxrkit.data.records import Box, Record, write_manifest
@@ -274,7 +274,7 @@ def _bright(image):
 def test_augmentation_keeps_boxes_inside_and_on_the_lesion(built):
     records, cache = built
     a = [_by_id(records, "a")] * 24  # the same image, augmented 24 times
-    augment = datasets.default_augment(kind="detection", size=SIZE, strength="strong")
+    augment = augmentation.default_augment(kind="detection", size=SIZE, strength="strong")
     augment.set_random_seed(0)
     det = datasets.DetectionDataset(records=a, cache=cache, classes=CLASSES, augment=augment)
     still = datasets.DetectionDataset(records=a[:1], cache=cache, classes=CLASSES)[0]["boxes"]
@@ -299,7 +299,7 @@ def test_augmentation_keeps_masks_aligned_with_the_image(built):
     a = [_by_id(records, "a")] * 16
     augment = A.Compose(
         [A.Affine(rotate=(-20, 20), translate_percent=0.1, scale=(0.8, 1.2), p=1.0)],
-        bbox_params=A.BboxParams(format="pascal_voc", label_fields=[datasets.BOX_LABEL_FIELD]),
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=[augmentation.BOX_LABEL_FIELD]),
         seed=0,
     )
     cls = datasets.ClassificationDataset(
@@ -323,7 +323,7 @@ def test_boxes_pushed_out_of_the_image_are_dropped(built):
     shift_out = A.Compose(
         [A.Affine(translate_px={"x": 50, "y": 0}, p=1.0)],
         bbox_params=A.BboxParams(
-            format="pascal_voc", label_fields=[datasets.BOX_LABEL_FIELD], clip=True
+            format="pascal_voc", label_fields=[augmentation.BOX_LABEL_FIELD], clip=True
         ),
     )
     raw = shift_out(
@@ -353,17 +353,17 @@ def test_augment_must_carry_boxes(built):
 
 
 def test_default_augment_options():
-    flip = datasets.default_augment(kind="detection", size=SIZE, hflip=True)
-    plain = datasets.default_augment(kind="classification", size=SIZE)
+    flip = augmentation.default_augment(kind="detection", size=SIZE, hflip=True)
+    plain = augmentation.default_augment(kind="classification", size=SIZE)
     assert any(isinstance(t, A.HorizontalFlip) for t in flip.transforms)
     assert not any(isinstance(t, A.HorizontalFlip) for t in plain.transforms)
     image = np.full((96, 96), 100, np.uint8)
     out = plain(image=image, bboxes=np.zeros((0, 4)), box_labels=np.zeros(0))
     assert out["image"].shape == (SIZE, SIZE) and out["image"].dtype == np.uint8
     with pytest.raises(ConfigError, match="kind"):
-        datasets.default_augment(kind="segmentation", size=SIZE)
+        augmentation.default_augment(kind="segmentation", size=SIZE)
     with pytest.raises(ConfigError, match="strength"):
-        datasets.default_augment(kind="detection", size=SIZE, strength="extreme")
+        augmentation.default_augment(kind="detection", size=SIZE, strength="extreme")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ def test_pickle_round_trip(built):
         cache=cache,
         findings=["Nodule"],
         masks=["lung"],
-        augment=datasets.default_augment(kind="classification", size=SIZE),
+        augment=augmentation.default_augment(kind="classification", size=SIZE),
     )
     again = pickle.loads(pickle.dumps(ds))
     assert again.image_ids == ds.image_ids
@@ -392,7 +392,7 @@ def test_dataloader_with_workers_and_collate(built):
         records=records,
         cache=cache,
         classes=CLASSES,
-        augment=datasets.default_augment(kind="detection", size=SIZE),
+        augment=augmentation.default_augment(kind="detection", size=SIZE),
     )
     loader = DataLoader(det, batch_size=2, num_workers=2, collate_fn=datasets.collate)
     batches = list(loader)
@@ -477,19 +477,19 @@ def _data_config(tmp_path, records, **kw):
 def test_open_cache_builds_then_rejects_another_recipe(tmp_path):
     records = _make_records(tmp_path / "orig")
     data = _data_config(tmp_path, records)
-    cache = datasets.open_cache(data, progress=False)
+    cache = loading.open_cache(data, progress=False)
     assert sorted(cache.ids) == ["a", "b", "c", "d"]
     assert cache.load("a").shape == (SIZE, SIZE)
-    train = datasets.load_records(data, split="train", cache=cache)
+    train = loading.load_records(data, split="train", cache=cache)
     assert [r.image_id for r in train] == ["a", "b"]
-    assert datasets.open_cache(data, records=train).root == cache.root  # reuses it
+    assert loading.open_cache(data, records=train).root == cache.root  # reuses it
 
     other = DataConfig(**{**data.__dict__, "preprocess": PreprocessConfig(size=32, clahe=False)})
     with pytest.raises(ConfigError, match=r"size: cache 64 vs config 32") as info:
-        datasets.open_cache(other, progress=False)
+        loading.open_cache(other, progress=False)
     assert str(tmp_path / "cache") in str(info.value) and "data.preprocess" in str(info.value)
     with pytest.raises(ConfigError, match="split"):
-        datasets.load_records(data, split="training")
+        loading.load_records(data, split="training")
 
 
 def test_open_cache_missing_records_fail_or_skip(tmp_path, caplog):
@@ -498,27 +498,27 @@ def test_open_cache_missing_records_fail_or_skip(tmp_path, caplog):
     data = _data_config(tmp_path, records, on_error="skip")
     wanted = list(records)
     with caplog.at_level(logging.WARNING, logger="cxrkit.data.datasets"):
-        cache = datasets.open_cache(data, records=wanted, progress=False)
+        cache = loading.open_cache(data, records=wanted, progress=False)
     assert "c" not in cache and [r.image_id for r in wanted] == ["a", "b", "d"]
     assert "1 of 4 requested images" in caplog.text and "'c'" in caplog.text
 
     strict = DataConfig(**{**data.__dict__, "on_error": "fail"})
     with pytest.raises(DataError, match=r"1 of 4 requested images.*'c'"):
-        datasets.open_cache(strict, records=list(records))
+        loading.open_cache(strict, records=list(records))
     with pytest.raises(DataError, match=r"1 of 2 requested images.*'c'"):
-        datasets.load_records(strict, split="val", cache=cache)
+        loading.load_records(strict, split="val", cache=cache)
 
 
 def test_other_ranks_wait_for_rank_zero(tmp_path, monkeypatch):
     records = _make_records(tmp_path / "orig")
     data = _data_config(tmp_path, records)
     monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv(datasets.CACHE_WAIT_ENV, "0.2")
+    monkeypatch.setenv(loading.CACHE_WAIT_ENV, "0.2")
     with pytest.raises(MissingFileError, match=r"rank 1 waited 0 s.*index.parquet"):
-        datasets.open_cache(data, progress=False)
+        loading.open_cache(data, progress=False)
     assert not (tmp_path / "cache").exists()  # rank 1 never builds
 
-    monkeypatch.setenv(datasets.CACHE_WAIT_ENV, "60")
+    monkeypatch.setenv(loading.CACHE_WAIT_ENV, "60")
     rank0 = threading.Timer(
         0.3,
         build_cache,
@@ -531,7 +531,7 @@ def test_other_ranks_wait_for_rank_zero(tmp_path, monkeypatch):
     )
     rank0.start()
     try:
-        cache = datasets.open_cache(data, progress=False)
+        cache = loading.open_cache(data, progress=False)
     finally:
         rank0.join()
     assert len(cache) == 4
@@ -540,17 +540,17 @@ def test_other_ranks_wait_for_rank_zero(tmp_path, monkeypatch):
 def test_global_rank_from_environment(monkeypatch):
     for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
         monkeypatch.delenv(name, raising=False)
-    assert datasets.global_rank() == 0
+    assert loading.global_rank() == 0
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("NODE_RANK", "1")
-    assert datasets.global_rank() != 0  # first GPU of the second node is not global rank 0
+    assert loading.global_rank() != 0  # first GPU of the second node is not global rank 0
     monkeypatch.setenv("SLURM_PROCID", "3")
-    assert datasets.global_rank() == 3
+    assert loading.global_rank() == 3
     monkeypatch.setenv("RANK", "0")
-    assert datasets.global_rank() == 0
+    assert loading.global_rank() == 0
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(ConfigError, match="RANK"):
-        datasets.global_rank()
+        loading.global_rank()
 
 
 @pytest.mark.slow
@@ -563,7 +563,7 @@ def test_dataloader_with_spawned_workers(built):
         cache=cache,
         findings=["Nodule"],
         masks=["lung"],
-        augment=datasets.default_augment(kind="classification", size=SIZE),
+        augment=augmentation.default_augment(kind="classification", size=SIZE),
     )
     loader = DataLoader(
         ds,

@@ -11,7 +11,7 @@ import torch
 
 from cxrkit import cli
 from cxrkit.config import load
-from cxrkit.data import datasets
+from cxrkit.data import loading
 from cxrkit.data.records import read_manifest
 from cxrkit.errors import DataError
 from cxrkit.eval import screening as eval_screening
@@ -47,7 +47,7 @@ def test_stage_records_split_by_masks(phantoms: Phantoms, tmp_path: Path) -> Non
 def test_weak_stage_freezes_the_decoder(phantoms: Phantoms, tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = _config(phantoms, tmp_path, "trainer.val_check_interval=1.0")
-    cache = datasets.open_cache(config.data)
+    cache = loading.open_cache(config.data)
     train = [r for r in phantoms.records if r.split == "train"]
     hard, weak = screening.stage_records(train, config=config)
     disease = "Effusion"
@@ -113,7 +113,7 @@ def test_saved_ensemble_reloads_and_predicts_identically(
     phantoms: Phantoms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _config(phantoms, tmp_path)
-    cache = datasets.open_cache(config.data)
+    cache = loading.open_cache(config.data)
     ensemble = _random_ensemble(
         config, [r for r in phantoms.records if r.split in ("val", "test")], cache
     )

@@ -9,7 +9,7 @@ import torch
 
 from cxrkit import cli
 from cxrkit.config import load
-from cxrkit.data import datasets
+from cxrkit.data import datasets, loading
 from cxrkit.errors import MissingFileError, NonFiniteLossError
 from cxrkit.eval.predictions import read_predictions
 from cxrkit.multitask.config import MultiTaskConfig
@@ -28,7 +28,7 @@ def _config(name: str, phantoms: Phantoms, out: Path, *extra: str) -> MultiTaskC
 
 
 def _batch(config: MultiTaskConfig, phantoms: Phantoms, n: int = 8) -> dict:
-    cache = datasets.open_cache(config.data)
+    cache = loading.open_cache(config.data)
     records = [r for r in phantoms.records if r.split == "train"][:n]
     ds = build_dataset(config=config, records=records, cache=cache)
     return datasets.collate([ds[i] for i in range(len(ds))])

@@ -13,7 +13,7 @@ import torch
 
 from cxrkit import synth
 from cxrkit.config import DataConfig, PreprocessConfig
-from cxrkit.data import datasets
+from cxrkit.data import loading
 from cxrkit.data.records import Record, write_manifest
 from cxrkit.data.sources.nih import load_nih
 
@@ -51,5 +51,5 @@ def phantoms(tmp_path_factory) -> Phantoms:
         num_workers=0,
         preprocess=PreprocessConfig(size=64),
     )
-    datasets.open_cache(data, progress=False)
+    loading.open_cache(data, progress=False)
     return Phantoms(manifest=manifest, cache=root / "cache", records=records, data=data)
