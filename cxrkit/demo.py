@@ -289,12 +289,11 @@ def _preprocess(vindr: Path, nih: Path, data: Path, *, plan: Plan) -> tuple[Any,
 
 
 def _pretrain(data: Any, out: Path, *, plan: Plan, seed: int) -> Path:
+    from cxrkit import pretrain
     from cxrkit.config import load
-    from cxrkit.pretrain.config import PretrainConfig
-    from cxrkit.pretrain.train import run
 
     config = load(
-        PretrainConfig,
+        pretrain.Config,
         overrides=[
             f"output_dir={out}",
             f"data.manifest={data.manifest}",
@@ -319,7 +318,7 @@ def _pretrain(data: Any, out: Path, *, plan: Plan, seed: int) -> Path:
             f"trainer.seed={seed}",
         ],
     )
-    return run(config, resume=False)
+    return pretrain.fit(config, resume=False).artifacts["backbone"]
 
 
 def _finetune(

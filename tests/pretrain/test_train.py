@@ -12,12 +12,13 @@ import torchvision
 
 from cxrkit import cli
 from cxrkit.config import load
+from cxrkit.data import datasets
 from cxrkit.models import detectron2_export
+from cxrkit.pretrain import fit
 from cxrkit.pretrain.config import PretrainConfig
-from cxrkit.pretrain.data import PretrainData
+from cxrkit.pretrain.data import view_pairs
 from cxrkit.pretrain.module import BarlowTwins
 from cxrkit.pretrain.sampling import SeededViews
-from cxrkit.pretrain.train import run
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny_pretrain.yaml"
 
@@ -44,12 +45,18 @@ def test_tiny_run_lowers_the_loss(phantoms, tmp_path):
     # Eight phantoms with fixed views (made by the real view transform), so that each step
     # optimises the same objective and the loss must fall, not just fluctuate with new crops.
     config = _config(phantoms, tmp_path / "run", "trainer.max_epochs=8", "trainer.max_steps=8")
-    data = PretrainData(data=config.data, views=config.views, seed=1)
-    data.setup("fit")
-    views = SeededViews(data.dataset)
+    records = datasets.load_records(config.data)
+    pairs = view_pairs(
+        records=records,
+        cache=datasets.open_cache(config.data),
+        views=config.views,
+        manifest=config.data.manifest,
+        split="all",
+    )
+    views = SeededViews(pairs)
     fixed = [views[(i, 1000 + i)] for i in range(8)]
     assert fixed[0]["image"][0].shape == (3, 64, 64)  # BYOL recipe: RGB views in [0, 1]
-    run(config, dataset=fixed)
+    fit(config, dataset=fixed)
     losses = _losses(tmp_path / "run")
     assert sorted(losses) == list(range(8))
     assert losses[7] < 0.5 * losses[0], losses
@@ -63,7 +70,6 @@ def test_resume_continues_exactly_and_export_loads_strictly(phantoms, tmp_path, 
     # 32 phantoms / batch 8 = 4 steps per epoch; a checkpoint every 3 steps. The interrupted run
     # dies inside step 5 (after the step-3 checkpoint, mid-epoch), and the resumed run crosses
     # into the second epoch.
-    monkeypatch.setitem(cli.COMMANDS, "pretrain", "cxrkit.pretrain.cli")
     full, split = tmp_path / "full", tmp_path / "split"
     overrides = [
         f"data.manifest={phantoms.manifest}",
@@ -85,11 +91,11 @@ def test_resume_continues_exactly_and_export_loads_strictly(phantoms, tmp_path, 
     with monkeypatch.context() as m:
         m.setattr(BarlowTwins, "training_step", dying_step)
         with pytest.raises(_Killed):
-            run(config)
+            fit(config)
     ckpt = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
     assert ckpt["hyper_parameters"]["config"]["output_dir"] == str(split)  # resolved config inside
-    run(config)  # resumes automatically from checkpoints/last.ckpt
+    fit(config)  # resumes automatically from checkpoints/last.ckpt
 
     # the resumed run continued at step 3 and saw the same batches: same losses, same weights
     assert sorted(_losses(split)) == [0, 1, 2, 3, 4, 5]
@@ -137,7 +143,7 @@ def test_lightning_ddp_two_processes_on_cpu(phantoms, tmp_path):
         "data.batch_size=4",
         "trainer.max_steps=2",
     )
-    backbone = run(config)
+    backbone = fit(config).artifacts["backbone"]
     assert backbone.is_file() and (out / "backbone_d2.pkl").is_file()
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert sorted(_losses(out)) == [0, 1]
