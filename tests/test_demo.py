@@ -38,7 +38,6 @@ SMOKE = Plan(
 @pytest.fixture
 def demo_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(cli.COMMANDS, "demo", "cxrkit.demo")
-    monkeypatch.setitem(cli.COMMANDS, "finetune", "cxrkit.finetune.cli")
 
 
 def check_outputs(out: Path, *, image_size: int) -> None:
