@@ -26,6 +26,7 @@ from cxrkit.finetune.config import OptimConfig
 from cxrkit.finetune.detections import detections_to_frame, empty_frame
 
 MONITOR = "val/mAP50"
+RNG_KEY = "cxrkit_torch_rng_state"  # the CPU generator, saved with every checkpoint
 
 
 class DetectorModule(L.LightningModule):
@@ -126,6 +127,16 @@ class DetectorModule(L.LightningModule):
             ap = _value(entry["ap50"])
             if not math.isnan(ap):
                 self.log(f"val/AP50/{name}", ap, sync_dist=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The RPN and ROI heads sample anchors and proposals with torch's global RNG, and the
+        # next epoch's shuffle draws from it too; Lightning does not keep it, so a resumed run
+        # would train on other samples than an uninterrupted one.
+        checkpoint[RNG_KEY] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:
+            torch.set_rng_state(checkpoint[RNG_KEY])
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim

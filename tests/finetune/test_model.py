@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from cxrkit.pretrain.handoff import export_backbone
 from torchvision.ops import FrozenBatchNorm2d
 
 from cxrkit.errors import ConfigError, DataError, MissingFileError
 from cxrkit.finetune.model import build_detector
 from cxrkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet50
+from cxrkit.pretrain.handoff import export_backbone
 
 SMALL = {"image_size": 64, "anchor_sizes": (8, 16, 32, 64, 128), "rpn_proposals_train": 50}
 
