@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 
+import cxrkit
 from cxrkit import cli
 from cxrkit.config import load
 from cxrkit.data import datasets
@@ -147,3 +148,58 @@ def test_lightning_ddp_two_processes_on_cpu(phantoms, tmp_path):
     assert backbone.is_file() and (out / "backbone_d2.pkl").is_file()
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert sorted(_losses(out)) == [0, 1]
+
+
+def test_resume_without_the_initial_weights_file_and_the_backbone_feeds_finetune(
+    phantoms, tmp_path, monkeypatch
+):
+    # Start from a backbone.pth (model.init=checkpoint), die after the step-2 checkpoint, delete
+    # the file, resume: the data order is the resumable sampler's (mid-epoch is fine here), so the
+    # resumed run must end on the uninterrupted run's weights.
+    from cxrkit import finetune, pretrain
+    from cxrkit.finetune.model import build_detector, from_config
+    from cxrkit.models.backbones import build_resnet50
+    from cxrkit.pretrain.handoff import export_backbone
+
+    torch.manual_seed(5)
+    weights, _ = export_backbone(state=build_resnet50().state_dict(), out_dir=tmp_path / "init")
+    overrides = [
+        "model.init=checkpoint",
+        f"model.weights={weights}",
+        "trainer.max_steps=4",
+        "trainer.checkpoint_every_n_steps=2",
+    ]
+    full = pretrain.fit(_config(phantoms, tmp_path / "full", *overrides))
+    split = _config(phantoms, tmp_path / "split", *overrides)
+    original_step = BarlowTwins.training_step
+
+    def dying_step(self, batch, batch_idx):
+        if self.global_step == 2:
+            raise _Killed
+        return original_step(self, batch, batch_idx)
+
+    with monkeypatch.context() as m:
+        m.setattr(BarlowTwins, "training_step", dying_step)
+        with pytest.raises(_Killed):
+            pretrain.fit(split)
+    weights.unlink()
+    resumed = pretrain.fit(split)
+    a = torch.load(full.checkpoint, weights_only=True)
+    b = torch.load(resumed.checkpoint, weights_only=True)
+    assert a["global_step"] == b["global_step"] == 4
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value, b["state_dict"][key], atol=1e-5), key
+
+    # the artifacts: the backbone loads by itself and into the finetune detector's body
+    backbone = pretrain.load(resumed.artifacts["backbone"])
+    assert backbone(torch.rand(1, 3, 64, 64)).shape == (1, 2048)
+    assert resumed.artifacts["detectron2"].is_file()
+    cfg = cxrkit.load_config(
+        finetune.Config,
+        Path(__file__).resolve().parents[2] / "configs" / "finetune" / "tiny_faster_rcnn.yaml",
+        overrides=["model.init=checkpoint", f"model.weights={resumed.artifacts['backbone']}"],
+    )
+    body = build_detector(**from_config(cfg)).backbone.body.state_dict()
+    assert torch.equal(
+        body["layer4.2.conv3.weight"], backbone.state_dict()["layer4.2.conv3.weight"]
+    )
