@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cxrkit import engine
 from cxrkit.config import TrainerConfig
 from cxrkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet50
-from cxrkit.pretrain.config import ModelConfig, OptimConfig
+from cxrkit.pretrain.config import OptimConfig
 from cxrkit.pretrain.module import BarlowTwins
 
 
@@ -140,11 +140,10 @@ def ours(
         checkpoint_every_n_steps=10**9,
         progress_bar=False,
     )
-    model = ModelConfig(
-        init="random", projector_hidden_dim=args.projector, projector_output_dim=args.projector
-    )
     module = BarlowTwins(
-        model=model,
+        backbone=build_resnet50(),
+        projector_hidden_dim=args.projector,
+        projector_output_dim=args.projector,
         optim=OptimConfig(warmup_epochs=0),
         batch_size=args.batch,
         channels_last=channels_last,

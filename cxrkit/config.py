@@ -122,6 +122,21 @@ def _describe(exc: OmegaConfBaseException) -> str:
     return f"key {key!r}: {msg}" if key else msg
 
 
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return [prefix[:-1]]
+    return [k for key, value in node.items() for k in _flat_keys(value, f"{prefix}{key}.")]
+
+
+def _check_renamed(schema: type, origin: str, layer: Any) -> None:
+    # A schema may name keys it replaced (``RENAMED: ClassVar[dict[str, str]]``, old dotted key ->
+    # what to write instead), so that an old config fails saying the new keys, not only the old.
+    renamed: dict[str, str] = getattr(schema, "RENAMED", {})
+    for key in _flat_keys(OmegaConf.to_container(layer)):
+        if key in renamed:
+            raise ConfigError(f"{origin}: key {key!r} was replaced: {renamed[key]}")
+
+
 def load(
     schema: type[T],
     *,
@@ -158,6 +173,7 @@ def load(
             raise ConfigError(f"override {item!r}: {_describe(exc)}") from exc
     merged = base
     for origin, layer in layers:
+        _check_renamed(schema, origin, layer)
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as exc:

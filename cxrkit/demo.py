@@ -159,9 +159,10 @@ def run_demo(
             seed=seed,
             n_train=n_train,
         )
-        detectors[init] = result.detector
-        best = "n/a" if result.val_map50 is None else f"{result.val_map50:.3f}"
-        progress.note(f"{INIT_TITLES[init]}: best val mAP50 {best}, {result.detector}")
+        detectors[init] = result.artifacts["detector"]
+        best = result.metrics.get("val/mAP50")
+        best = "n/a" if best is None else f"{best:.3f}"
+        progress.note(f"{INIT_TITLES[init]}: best val mAP50 {best}, {detectors[init]}")
 
     progress.step("predict: both detectors on the test split (original pixels)")
     predictions = _predict(detectors, vindr_data, out / "predictions")
@@ -257,12 +258,11 @@ def _preprocess(vindr: Path, nih: Path, data: Path, *, plan: Plan) -> tuple[Any,
 
 
 def _pretrain(data: Any, out: Path, *, plan: Plan, seed: int) -> Path:
+    from cxrkit import pretrain
     from cxrkit.config import load
-    from cxrkit.pretrain.config import PretrainConfig
-    from cxrkit.pretrain.train import run
 
     config = load(
-        PretrainConfig,
+        pretrain.Config,
         overrides=[
             f"output_dir={out}",
             f"data.manifest={data.manifest}",
@@ -287,21 +287,20 @@ def _pretrain(data: Any, out: Path, *, plan: Plan, seed: int) -> Path:
             f"trainer.seed={seed}",
         ],
     )
-    return run(config, resume=False)
+    return pretrain.fit(config, resume=False).artifacts["backbone"]
 
 
 def _finetune(
     data: Any, out: Path, *, weights: Path | None, plan: Plan, seed: int, n_train: int
 ) -> Any:
+    from cxrkit import finetune
     from cxrkit.config import load
-    from cxrkit.finetune.config import FinetuneConfig
-    from cxrkit.finetune.train import fit
 
     # validate about twice per run (at least once inside the first epoch), keeping the best
     per_epoch = math.ceil(n_train / plan.detector_batch)
     val_every = max(2, min(plan.detector_steps // 2, per_epoch)) if per_epoch >= 2 else 1
     config = load(
-        FinetuneConfig,
+        finetune.Config,
         overrides=[
             f"output_dir={out}",
             f"data.manifest={data.manifest}",
@@ -310,7 +309,7 @@ def _finetune(
             f"data.batch_size={plan.detector_batch}",
             "data.num_workers=0",
             f"classes=[{', '.join(DEMO_CLASSES)}]",
-            f"model.backbone_weights={weights or 'null'}",
+            *(["model.init=checkpoint", f"model.weights={weights}"] if weights else []),
             # small images: anchors a quarter of the defaults, fewer proposals for a CPU
             "model.anchor_sizes=[8, 16, 32, 64, 128]",
             f"model.rpn_proposals_train={plan.proposals}",
@@ -332,21 +331,20 @@ def _finetune(
             f"trainer.seed={seed}",
         ],
     )
-    return fit(config, resume=False)
+    return finetune.fit(config, resume=False)
 
 
 def _predict(detectors: Mapping[str, Path], data: Any, out: Path) -> dict[str, Path]:
+    from cxrkit import finetune
     from cxrkit.data import loading
     from cxrkit.eval.predictions import write_predictions
-    from cxrkit.finetune.predict import predict
-    from cxrkit.finetune.train import load_detector
 
     cache = loading.open_cache(data, progress=False)
     records = loading.load_records(data, split="test", cache=cache)
     paths = {}
     for init, path in detectors.items():
-        model, config = load_detector(path)
-        frame = predict(
+        model, config = finetune.load(path)
+        frame = finetune.predict(
             model,
             records=records,
             cache=cache,
@@ -383,11 +381,10 @@ def _evaluate(
 
 
 def _cams(detector: Path, data: Any, out: Path, *, plan: Plan) -> list[Path]:
+    from cxrkit import finetune
     from cxrkit.data import loading
-    from cxrkit.finetune.cam import explain
-    from cxrkit.finetune.train import load_detector
 
-    model, config = load_detector(detector)
+    model, config = finetune.load(detector)
     # a barely trained detector scores low: take each image's top box whatever its score
     model.roi_heads.score_thresh = 0.0
     cache = loading.open_cache(data, progress=False)
@@ -396,7 +393,7 @@ def _cams(detector: Path, data: Any, out: Path, *, plan: Plan) -> list[Path]:
     for record in records:
         if len(drawn) >= plan.cam_images:
             break
-        index = explain(
+        index = finetune.explain(
             model,
             records=[record],
             cache=cache,

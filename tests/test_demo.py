@@ -35,11 +35,6 @@ SMOKE = Plan(
 )
 
 
-@pytest.fixture
-def demo_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(cli.COMMANDS, "finetune", "cxrkit.finetune.cli")
-
-
 def check_outputs(out: Path, *, image_size: int) -> None:
     text = (out / "report.md").read_text()
     for heading in ("## mAP@0.5 per class", "gap AP − PA", "Barlow Twins init", "random init"):
@@ -76,9 +71,7 @@ def test_demo_pipeline_end_to_end_at_smoke_size(
     check_outputs(out, image_size=SMOKE.image_size)
 
 
-def test_demo_help_shows_the_worked_example(
-    demo_cli: None, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_demo_help_shows_the_worked_example(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["demo", "--help"])
     assert exit_info.value.code == 0
@@ -86,7 +79,7 @@ def test_demo_help_shows_the_worked_example(
 
 
 def test_quick_demo_runs_every_step_through_the_cli(
-    tmp_path: Path, demo_cli: None, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "demo"
     start = time.perf_counter()

@@ -1,12 +1,29 @@
 """Stage two: the Faster R-CNN + FPN abnormality localizer (BarlowTwins-CXR).
 
-- :mod:`~cxrkit.finetune.config`: ``FinetuneConfig``, the paper's defaults;
-- :mod:`~cxrkit.finetune.model`: ``build_detector`` (torchvision, stage-one ``backbone.pth``);
-- :mod:`~cxrkit.data.fusion`: the readers' boxes fused (weighted boxes fusion, NMS or none);
-- :mod:`~cxrkit.finetune.data`: class mapping, fusion and "No finding" negatives before training;
-- :mod:`~cxrkit.finetune.module` / :mod:`~cxrkit.finetune.train`: Lightning training, best
-  checkpoint by validation mAP@0.5, ``detector.pt``;
-- :mod:`~cxrkit.finetune.predict`: detections in original pixels, the Kaggle submission format;
-- :mod:`~cxrkit.finetune.cam`: Ablation-CAM / Grad-CAM / EigenCAM overlays per predicted box;
-- :mod:`~cxrkit.finetune.cli`: ``cxrkit finetune [predict|cam]``.
+From Python, without the CLI::
+
+    import cxrkit
+    from cxrkit import finetune
+
+    cfg = cxrkit.load_config(finetune.Config, "configs/finetune/tiny_faster_rcnn.yaml",
+                             overrides=["model.init=checkpoint", "model.weights=backbone.pth"])
+    run = finetune.fit(cfg)                       # run.metrics["val/mAP50"]
+    model, config = finetune.load(run.artifacts["detector"])
+    frame = finetune.predict(model, records=records, cache=cache, classes=config.classes)
+
+- :class:`Config`, :func:`fit` (:mod:`~cxrkit.finetune.train`): training, best epoch by
+  validation mAP@0.5, ``detector.pt``; returns :class:`cxrkit.engine.RunResult`;
+- :func:`load`: a ``detector.pt`` or finetune checkpoint -> ``(model, config)``;
+- :func:`predict` (:mod:`~cxrkit.finetune.detections`): detections in original pixels;
+- :func:`explain` (:mod:`~cxrkit.finetune.cam`): Ablation-CAM / Grad-CAM / EigenCAM per box;
+- :mod:`~cxrkit.finetune.inference`: the same over a manifest split, files written (the CLI's);
+- :mod:`~cxrkit.finetune.model`: ``build_detector`` and its ``from_config``;
+- :mod:`~cxrkit.finetune.data`: class mapping, reader fusion, "No finding" negatives.
 """
+
+from cxrkit.finetune.cam import explain
+from cxrkit.finetune.config import FinetuneConfig as Config
+from cxrkit.finetune.detections import predict
+from cxrkit.finetune.train import fit, load
+
+__all__ = ["Config", "explain", "fit", "load", "predict"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,12 +31,14 @@ from pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transfo
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from cxrkit import io
 from cxrkit.data.cache import Cache, item_key
 from cxrkit.data.records import Record
 from cxrkit.errors import ConfigError
 
 METHODS = ("ablation", "gradcam", "eigencam")
 DEFAULT_LAYER = "backbone.body.layer3"  # BarlowTwins-CXR: res4 in detectron2's names
+INDEX_FILE = "cams.csv"
 INDEX_COLUMNS = ("image_id", "rank", "finding", "score", "x1", "y1", "x2", "y2", "file")
 
 
@@ -188,9 +189,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
+    io.atomic_write(path, data.tobytes())
 
 
 def _slug(text: str) -> str:
@@ -257,7 +256,5 @@ def explain(
             x1, y1, x2, y2 = (float(v) for v in original[rank])
             rows.append((record.image_id, rank, finding, float(score), x1, y1, x2, y2, name))
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
-    tmp = out_dir / f".cams.csv.tmp{os.getpid()}"
-    index.to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "cams.csv")
+    io.atomic_write(out_dir / INDEX_FILE, lambda tmp: index.to_csv(tmp, index=False))
     return index

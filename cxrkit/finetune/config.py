@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cxrkit.config import DataConfig, PreprocessConfig, TrainerConfig
 from cxrkit.data.vocab import VINDR_KAGGLE_IDS, VINDR_NO_FINDING
 from cxrkit.errors import ConfigError
+from cxrkit.models.weights import check_init
 
 # The 14 VinBigData/VinDr-CXR box classes in Kaggle class-id order (0..13); the Kaggle submission
 # format writes a class's index in this list, and len(list) (= 14) for "No finding".
@@ -31,9 +32,10 @@ FUSION_METHODS = ("wbf", "nms", "none")
 class ModelConfig:
     """Faster R-CNN + FPN on a ResNet-50 (:func:`cxrkit.finetune.model.build_detector`)."""
 
-    # backbone.pth from `cxrkit pretrain`, a torchvision ImageNet resnet50-*.pth or a pretrain
-    # .ckpt; null (or "") means random initialisation
-    backbone_weights: str | None = None
+    # cxrkit.models.weights: random (no file), imagenet (torchvision's resnet50-*.pth at
+    # `weights`), checkpoint (stage one's backbone.pth or a pretrain .ckpt at `weights`)
+    init: str = "random"
+    weights: str = ""
     # trainable ResNet stages counted from the top (0..5). None: 3 with weights (BarlowTwins-CXR, as
     # detectron2's FREEZE_AT=2: stem and layer1 frozen), 5 from random initialisation
     trainable_layers: int | None = None
@@ -49,6 +51,7 @@ class ModelConfig:
     roi_batch_size: int = 512  # proposals sampled per image for the box head (detectron2)
 
     def __post_init__(self) -> None:
+        check_init(self.init, key="model.init")
         if self.trainable_layers is not None and not 0 <= self.trainable_layers <= 5:
             raise ValueError(f"model.trainable_layers must be in 0..5, got {self.trainable_layers}")
         if len(self.anchor_sizes) != 5 or any(s <= 0 for s in self.anchor_sizes):
@@ -72,9 +75,9 @@ class ModelConfig:
 
     def resolved(self) -> ModelConfig:
         """A copy with ``trainable_layers`` and ``frozen_bn`` decided (None -> the default for
-        ``backbone_weights``). Runs save this, so config.yaml and checkpoints record the concrete
-        choice and a detector rebuilt from a checkpoint without the weights file is the same."""
-        pretrained = bool(self.backbone_weights)
+        ``init``). Runs save this, so config.yaml and checkpoints record the concrete choice and a
+        detector rebuilt from a checkpoint without the weights file is the same."""
+        pretrained = self.init != "random"
         return dataclasses.replace(
             self,
             trainable_layers=(3 if pretrained else 5)
@@ -145,6 +148,12 @@ def _default_trainer() -> TrainerConfig:
 class FinetuneConfig:
     """Everything ``cxrkit finetune`` needs; dataclass defaults are the paper's."""
 
+    # old key -> what to write instead (cxrkit.config.load refuses the old key with this)
+    RENAMED: ClassVar[dict[str, str]] = {
+        "model.backbone_weights": "write model.init=checkpoint (a backbone.pth or pretrain .ckpt), "
+        "model.init=imagenet or model.init=random, with model.weights=PATH for a file",
+    }
+
     output_dir: str = "runs/finetune"
     data: DataConfig = field(default_factory=_default_data)
     trainer: TrainerConfig = field(default_factory=_default_trainer)
@@ -192,8 +201,23 @@ class FinetuneConfig:
 def config_from_dict(values: dict[str, Any], *, where: str = "checkpoint") -> FinetuneConfig:
     """Rebuild a :class:`FinetuneConfig` from its saved dict (``config.to_dict``), e.g. the
     ``hyper_parameters`` of a checkpoint. Raises :class:`ConfigError` naming ``where``."""
+    values = _translate_old_keys(values)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), values)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except (OmegaConfBaseException, ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: not a finetune configuration ({exc})") from exc
+
+
+def _translate_old_keys(values: dict[str, Any]) -> dict[str, Any]:
+    # detector.pt files and checkpoints written before model.init existed say
+    # model.backbone_weights; their trainable_layers and frozen_bn are saved resolved, so the
+    # file only decides whether the run started from weights.
+    model = values.get("model")
+    if not isinstance(model, dict) or "backbone_weights" not in model:
+        return values
+    model = dict(model)
+    weights = model.pop("backbone_weights") or ""
+    model.setdefault("init", "checkpoint" if weights else "random")
+    model.setdefault("weights", weights)
+    return {**values, "model": model}

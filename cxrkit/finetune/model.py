@@ -12,17 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d
 
 from cxrkit.errors import ConfigError, DataError
 from cxrkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD, load_backbone_state
+from cxrkit.models.weights import weights_file
+
+if TYPE_CHECKING:
+    from cxrkit.finetune.config import FinetuneConfig
 
 
 class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
@@ -103,9 +107,12 @@ def build_detector(
         raise ConfigError(f"trainable_layers must be in 0..5, got {trainable_layers}")
     if frozen_bn is None:
         frozen_bn = pretrained
-    norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
-    resnet = torchvision.models.resnet50(weights=None, norm_layer=norm_layer)
-    backbone = _resnet_fpn_extractor(resnet, trainable_layers)
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50",
+        weights=None,  # never a download: our weights load from a local file below
+        norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d,
+        trainable_layers=trainable_layers,
+    )
     if pretrained:
         load_backbone_weights(backbone.body, backbone_weights)
     anchors = AnchorGenerator(
@@ -135,6 +142,37 @@ def build_detector(
         image_std=list(IMAGENET_STD),
     )
     return model
+
+
+def from_config(config: FinetuneConfig, *, read_weights: bool = True) -> dict[str, Any]:
+    """The keyword arguments of :func:`build_detector` for ``config``: the one place where the
+    finetune configuration meets the builder (``build_detector(**from_config(config))``).
+
+    Args:
+        read_weights: False when a checkpoint will restore every weight (a resumed run, a saved
+            detector): the initial-weights file is then not read, and need not exist. The frozen
+            stages and BatchNorm kind still follow ``model.init`` (:meth:`ModelConfig.resolved`),
+            so the module matches the checkpoint's.
+
+    Raises:
+        ConfigError: ``model.init`` imagenet or checkpoint without ``model.weights``.
+    """
+    m = config.model.resolved()
+    weights = weights_file(init=m.init, weights=m.weights) if read_weights else None
+    return {
+        "num_classes": len(config.classes),
+        "backbone_weights": weights,
+        "trainable_layers": m.trainable_layers,
+        "frozen_bn": m.frozen_bn,
+        "image_size": config.data.preprocess.size,
+        "anchor_sizes": m.anchor_sizes,
+        "score_thresh": m.score_thresh,
+        "nms_thresh": m.nms_thresh,
+        "detections_per_img": m.detections_per_img,
+        "rpn_proposals_train": m.rpn_proposals_train,
+        "rpn_proposals_test": m.rpn_proposals_test,
+        "roi_batch_size": m.roi_batch_size,
+    }
 
 
 def load_backbone_weights(body: nn.Module, path: str | Path) -> None:

@@ -20,46 +20,28 @@ import torch
 from lightly.utils.scheduler import CosineWarmupScheduler
 
 from cxrkit import engine
-from cxrkit.config import to_dict
 from cxrkit.data.cache import Cache
 from cxrkit.data.records import Record
-from cxrkit.finetune.config import FinetuneConfig
-from cxrkit.finetune.model import build_detector
-from cxrkit.finetune.predict import detections_to_frame, empty_frame
+from cxrkit.finetune.config import OptimConfig
+from cxrkit.finetune.detections import detections_to_frame, empty_frame
 
 MONITOR = "val/mAP50"
-
-
-def detector_from_config(config: FinetuneConfig, *, load_weights: bool = True) -> torch.nn.Module:
-    """The detector ``config.model`` describes; ``load_weights=False`` skips the backbone file (the
-    weights then come from a checkpoint). Runs save the :meth:`ModelConfig.resolved` model config,
-    so a detector restored without the weights file has the trained model's frozen stages."""
-    m = config.model.resolved()
-    return build_detector(
-        num_classes=len(config.classes),
-        backbone_weights=(m.backbone_weights or None) if load_weights else None,
-        trainable_layers=m.trainable_layers,
-        frozen_bn=m.frozen_bn,
-        image_size=config.data.preprocess.size,
-        anchor_sizes=m.anchor_sizes,
-        score_thresh=m.score_thresh,
-        nms_thresh=m.nms_thresh,
-        detections_per_img=m.detections_per_img,
-        rpn_proposals_train=m.rpn_proposals_train,
-        rpn_proposals_test=m.rpn_proposals_test,
-        roi_batch_size=m.roi_batch_size,
-    )
+RNG_KEY = "cxrkit_torch_rng_state"  # the CPU generator, saved with every checkpoint
 
 
 class DetectorModule(L.LightningModule):
     """Faster R-CNN training and validation.
 
     Args:
-        config: the run's configuration; saved in every checkpoint (``hyper_parameters.config``).
+        model: the detector (:func:`cxrkit.finetune.model.build_detector`); the module's
+            ``model.`` state-dict prefix is what :func:`cxrkit.finetune.load` reads from a
+            checkpoint.
+        classes: the class table; label ``i`` is ``classes[i - 1]``.
+        optim: SGD and schedule settings.
+        config: the run's resolved configuration as a plain dict, saved in every checkpoint
+            (``hyper_parameters.config``).
         val_records: the fused validation records (original pixels), the mAP ground truth.
         cache: the cache the validation images come from (their geometry maps boxes back).
-        load_weights: read ``config.model.backbone_weights``; False when the weights come from a
-            checkpoint.
 
     Batches (from :class:`cxrkit.data.datasets.DetectionDataset` + ``collate``): ``image``
     FloatTensor[B, 1, H, W] in [0, 1]; ``boxes`` list of FloatTensor[N_i, 4] cache pixels;
@@ -69,15 +51,17 @@ class DetectorModule(L.LightningModule):
     def __init__(
         self,
         *,
-        config: FinetuneConfig,
+        model: torch.nn.Module,
+        classes: Sequence[str],
+        optim: OptimConfig,
+        config: dict[str, Any],
         val_records: Sequence[Record] = (),
         cache: Cache | None = None,
-        load_weights: bool = True,
     ) -> None:
         super().__init__()
-        self.config = config
-        self.save_hyperparameters({"config": to_dict(config)})
-        self.model = detector_from_config(config, load_weights=load_weights)
+        self.classes, self.optim = list(classes), optim
+        self.save_hyperparameters({"config": config})
+        self.model = model
         self.val_records = list(val_records)
         self.cache = cache
         self._val_frames: dict[str, pd.DataFrame] = {}
@@ -108,7 +92,7 @@ class DetectorModule(L.LightningModule):
             outputs,
             image_ids=ids,
             geometries=[self.cache.geometry(i) for i in ids],
-            classes=self.config.classes,
+            classes=self.classes,
         )
         # keyed by image: DistributedSampler pads with repeated images, counted once here
         for image_id in ids:
@@ -130,7 +114,7 @@ class DetectorModule(L.LightningModule):
         result = detection.evaluate(
             predictions,
             [r for r in self.val_records if r.image_id in frames],
-            classes=self.config.classes,
+            classes=self.classes,
             iou_thresholds=(0.5,),
             gt_reader="all",  # the records are fused already
             curves=False,
@@ -144,8 +128,18 @@ class DetectorModule(L.LightningModule):
             if not math.isnan(ap):
                 self.log(f"val/AP50/{name}", ap, sync_dist=False)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The RPN and ROI heads sample anchors and proposals with torch's global RNG, and the
+        # next epoch's shuffle draws from it too; Lightning does not keep it, so a resumed run
+        # would train on other samples than an uninterrupted one.
+        checkpoint[RNG_KEY] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:
+            torch.set_rng_state(checkpoint[RNG_KEY])
+
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.config.optim
+        o = self.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay

@@ -5,7 +5,7 @@ A run directory::
     OUT/config.yaml                         the resolved configuration (fusion choice included)
     OUT/checkpoints/{last,best}.ckpt        Lightning checkpoints (best by val/mAP50)
     OUT/tensorboard/, OUT/metrics.json      each loss term, lr, val/mAP50, val/AP50/<class>
-    OUT/detector.pt                         the best weights: {"state_dict", "config", "classes"}
+    OUT/detector.pt                         the best weights (cxrkit.io model file, kind "detector")
     OUT/predictions_<val split>.csv         the best model's validation detections, original pixels
 """
 
@@ -13,92 +13,68 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from cxrkit import engine
+from cxrkit import engine, io
 from cxrkit.config import to_dict
-from cxrkit.data import augmentation, datasets, loading
+from cxrkit.data import augmentation, datasets
 from cxrkit.data.cache import Cache
 from cxrkit.data.records import Record
-from cxrkit.errors import DataError, MissingFileError
-from cxrkit.finetune.config import FinetuneConfig, config_from_dict
+from cxrkit.errors import CheckpointError, DataError
+from cxrkit.finetune.config import AugmentConfig, FinetuneConfig, config_from_dict
 from cxrkit.finetune.data import detection_records
-from cxrkit.finetune.module import MONITOR, DetectorModule, detector_from_config
+from cxrkit.finetune.model import build_detector, from_config
+from cxrkit.finetune.module import MONITOR, DetectorModule
 
 log = logging.getLogger(__name__)
 DETECTOR_FILE = "detector.pt"
-
-
-@dataclass
-class RunResult:
-    """Where a finished run put its outputs."""
-
-    output_dir: Path
-    detector: Path  # OUT/detector.pt
-    checkpoint: Path | None  # best.ckpt (or last.ckpt without validation)
-    predictions: Path | None  # validation detections of the best model, original pixels
-    val_map50: float | None  # the best model's val/mAP50
-
-
-def build_loader(
-    dataset: torch.utils.data.Dataset, *, config: FinetuneConfig, train: bool
-) -> DataLoader:
-    """A DataLoader with the shared ``collate``; shuffled for training."""
-    workers = config.data.num_workers
-    return DataLoader(
-        dataset,
-        batch_size=config.data.batch_size,
-        shuffle=train,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        collate_fn=datasets.collate,
-        pin_memory=torch.cuda.is_available(),
-    )
+KIND = "detector"
+CHECKPOINT_PREFIX = "model."  # DetectorModule keeps the detector under this attribute
 
 
 def detection_dataset(
-    records: list[Record], *, config: FinetuneConfig, cache: Cache, train: bool
+    records: list[Record],
+    *,
+    cache: Cache,
+    classes: list[str],
+    size: int,
+    augment: AugmentConfig | None = None,
 ) -> datasets.DetectionDataset:
-    """The DetectionDataset of fused ``records`` (augmented when training and enabled)."""
-    augment = None
-    if train and config.augment.enabled:
-        augment = augmentation.default_augment(
-            kind="detection",
-            size=config.data.preprocess.size,
-            strength=config.augment.strength,
-            hflip=config.augment.hflip,
+    """The DetectionDataset of fused ``records``; ``augment`` (training) when given and enabled."""
+    transform = None
+    if augment is not None and augment.enabled:
+        transform = augmentation.default_augment(
+            kind="detection", size=size, strength=augment.strength, hflip=augment.hflip
         )
     return datasets.DetectionDataset(
-        records=records, cache=cache, classes=config.classes, augment=augment
+        records=records, cache=cache, classes=classes, augment=transform
     )
 
 
-def fit(config: FinetuneConfig, *, resume: str | bool = "auto") -> RunResult:
+def fit(config: FinetuneConfig, *, resume: str | Path | bool = "auto") -> engine.RunResult:
     """Train the detector; keep the best epoch by ``val/mAP50``; export ``detector.pt``.
 
     Resumes from ``OUT/checkpoints/last.ckpt`` when present (``resume="auto"``), from a given
-    checkpoint path, or starts fresh (``False``).
-    """
-    import lightning as L
+    checkpoint path, or starts fresh (``False``). A resumed run does not read the initial-weights
+    file (``model.weights``): the checkpoint holds every weight.
 
+    Returns:
+        ``artifacts["detector"]`` (``detector.pt``, the best weights) and, with a validation split,
+        ``artifacts["predictions"]`` (its detections, original pixels) and
+        ``metrics["val/mAP50"]``; ``checkpoint`` is ``best.ckpt``, else ``last.ckpt``.
+    """
     config = dataclasses.replace(config, model=config.model.resolved())
-    out = Path(config.output_dir)
-    L.seed_everything(config.trainer.seed, workers=True)
-    engine.save_run_config(config, out)
-    cache = loading.open_cache(config.data)
-    train_raw = loading.load_records(config.data, split=config.data.train_split, cache=cache)
-    val_raw = loading.load_records(config.data, split=config.data.val_split, cache=cache)
+    data = config.data
+    run = engine.prepare_run(
+        config, resume=resume, data=data, splits=(data.train_split, data.val_split)
+    )
+    cache = run.cache
+    assert cache is not None, "prepare_run opens the cache when given data"
+    train_raw, val_raw = run.records[data.train_split], run.records[data.val_split]
     if not train_raw:
-        raise DataError(
-            f"{config.data.manifest}: no record in split {config.data.train_split!r} to train on"
-        )
+        raise DataError(f"{data.manifest}: no record in split {data.train_split!r} to train on")
     train_records = detection_records(
         train_raw, config=config, train=True, seed=config.trainer.seed
     )
@@ -110,23 +86,34 @@ def fit(config: FinetuneConfig, *, resume: str | bool = "auto") -> RunResult:
         len(val_records),
         config.fusion.method,
     )
-    module = DetectorModule(config=config, val_records=val_records, cache=cache)
+    module = DetectorModule(
+        model=build_detector(**from_config(config, read_weights=not run.resuming)),
+        classes=config.classes,
+        optim=config.optim,
+        config=to_dict(config),
+        val_records=val_records,
+        cache=cache,
+    )
     engine.apply_channels_last_and_compile(module.model, config.trainer)
     has_val = bool(val_records)
-    train_loader = build_loader(
-        detection_dataset(train_records, config=config, cache=cache, train=True),
-        config=config,
+    size = data.preprocess.size
+    train_loader = engine.build_loader(
+        detection_dataset(
+            train_records, cache=cache, classes=config.classes, size=size, augment=config.augment
+        ),
+        batch_size=data.batch_size,
+        num_workers=data.num_workers,
         train=True,
     )
-    val_loader = (
-        build_loader(
-            detection_dataset(val_records, config=config, cache=cache, train=False),
-            config=config,
+    val_loader = None
+    if has_val:
+        val_loader = engine.build_loader(
+            detection_dataset(val_records, cache=cache, classes=config.classes, size=size),
+            batch_size=data.batch_size,
+            num_workers=data.num_workers,
             train=False,
         )
-        if has_val
-        else None
-    )
+    out = run.output_dir
     trainer = engine.build_trainer(
         config=config.trainer, output_dir=out, monitor=MONITOR if has_val else None, mode="max"
     )
@@ -136,97 +123,82 @@ def fit(config: FinetuneConfig, *, resume: str | bool = "auto") -> RunResult:
         train_dataloaders=train_loader,
         val_dataloaders=val_loader,
         output_dir=out,
-        resume=resume,
+        resume=run.checkpoint or False,
     )
-    ckpt_dir = out / engine.CHECKPOINT_DIR
-    best = ckpt_dir / f"{engine.BEST_NAME}.ckpt"
-    checkpoint = best if has_val and best.is_file() else ckpt_dir / engine.LAST_CHECKPOINT
-    val_map50 = None
+    result = engine.RunResult(
+        output_dir=out,
+        checkpoint=engine.best_checkpoint(out),
+        artifacts={"detector": out / DETECTOR_FILE},
+    )
     for callback in trainer.checkpoint_callbacks:
         if getattr(callback, "monitor", None) == MONITOR and callback.best_model_score is not None:
-            val_map50 = float(callback.best_model_score)
-    result = RunResult(
-        output_dir=out,
-        detector=out / DETECTOR_FILE,
-        checkpoint=checkpoint if checkpoint.is_file() else None,
-        predictions=None,
-        val_map50=val_map50,
-    )
+            result.metrics[MONITOR] = float(callback.best_model_score)
     if not trainer.is_global_zero:
         return result
     if result.checkpoint is not None:
-        state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
-        module.load_state_dict(state["state_dict"], strict=True)
-    save_detector(module.model, config, result.detector)
+        engine.load_checkpoint_weights(module, result.checkpoint)
+    save(module.model, config, out / DETECTOR_FILE)
     if has_val:
         from cxrkit.eval.predictions import write_predictions
-        from cxrkit.finetune.predict import predict
+        from cxrkit.finetune.detections import predict
 
         frame = predict(
             module.model,
             records=val_records,
             cache=cache,
             classes=config.classes,
-            batch_size=config.data.batch_size,
-            device=inference_device(config),
+            batch_size=data.batch_size,
+            device=engine.inference_device(config.trainer.accelerator),
             progress=config.trainer.progress_bar,
         )
-        result.predictions = write_predictions(
-            frame, out / f"predictions_{config.data.val_split}.csv", kind="detection"
+        result.artifacts["predictions"] = write_predictions(
+            frame, out / f"predictions_{data.val_split}.csv", kind="detection"
         )
     return result
 
 
-def inference_device(config: FinetuneConfig) -> torch.device:
-    """CUDA when available and not disabled by ``trainer.accelerator=cpu``."""
-    use_gpu = torch.cuda.is_available() and config.trainer.accelerator != "cpu"
-    return torch.device("cuda" if use_gpu else "cpu")
+def save(model: nn.Module, config: FinetuneConfig, path: Path) -> Path:
+    """Write the detector file: :func:`cxrkit.io.save_model` of kind ``"detector"`` with the
+    resolved config and the class table."""
+    return io.save_model(
+        path,
+        kind=KIND,
+        state_dict=model.state_dict(),
+        config=to_dict(config),
+        classes=list(config.classes),
+    )
 
 
-def save_detector(model: nn.Module, config: FinetuneConfig, path: Path) -> Path:
-    """Write ``{"state_dict", "config", "classes"}`` atomically (``weights_only=True`` loads it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "config": to_dict(config), "classes": config.classes}, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_detector(path: str | Path) -> tuple[nn.Module, FinetuneConfig]:
-    """Load a detector from ``detector.pt`` or a Lightning checkpoint of this stage.
+def load(path: str | Path) -> tuple[nn.Module, FinetuneConfig]:
+    """Load a detector from ``detector.pt`` (or an older file without a format key) or a
+    Lightning checkpoint (``.ckpt``) of this stage. The initial-weights file is not read.
 
     Returns:
         The model in eval mode (CPU) and its configuration.
 
     Raises:
-        MissingFileError: no such file. DataError: not a detector of this stage, or its weights do
-            not fit the model its configuration describes.
+        MissingFileError: no such file. CheckpointError: not a detector file or finetune
+            checkpoint. DataError: its weights do not fit the model its configuration describes.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(
-            f"{path}: detector not found; train one with `cxrkit finetune --config ...` (it writes "
-            f"OUTPUT_DIR/{DETECTOR_FILE} and OUTPUT_DIR/checkpoints/best.ckpt)"
-        )
-    try:
-        blob: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means "not our file"
-        raise DataError(f"{path}: not a readable detector file ({exc})") from exc
-    if isinstance(blob, dict) and "hyper_parameters" in blob and "state_dict" in blob:
+    hint = (
+        f"train one with `cxrkit finetune --config ...` (it writes OUTPUT_DIR/{DETECTOR_FILE} and "
+        "OUTPUT_DIR/checkpoints/best.ckpt)"
+    )
+    if path.suffix == ".ckpt":
+        blob = io.load_torch(path, what="finetune checkpoint", hint=hint)
+        if not isinstance(blob, dict) or "hyper_parameters" not in blob or "state_dict" not in blob:
+            raise CheckpointError(f"{path}: not a Lightning checkpoint of `cxrkit finetune`")
         values = blob["hyper_parameters"].get("config")
-        prefix = "model."
-        state = {k[len(prefix) :]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
-    elif isinstance(blob, dict) and "config" in blob and "state_dict" in blob:
-        values, state = blob["config"], blob["state_dict"]
+        n = len(CHECKPOINT_PREFIX)
+        state = {k[n:]: v for k, v in blob["state_dict"].items() if k.startswith(CHECKPOINT_PREFIX)}
     else:
-        raise DataError(
-            f"{path}: not a cxrkit detector (expected {DETECTOR_FILE} or a finetune checkpoint)"
-        )
+        blob = io.load_model(path, kind=KIND, hint=hint)
+        values, state = blob["config"], blob["state_dict"]
     if not isinstance(values, dict):
-        raise DataError(f"{path}: holds no finetune configuration")
+        raise CheckpointError(f"{path}: holds no finetune configuration")
     config = config_from_dict(values, where=str(path))
-    model = detector_from_config(config, load_weights=False)
+    model = build_detector(**from_config(config, read_weights=False))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -24,6 +24,7 @@ import torchvision
 from torch import Tensor, nn
 
 from cxrkit.errors import ConfigError, DataError, MissingFileError
+from cxrkit.models.weights import IMAGENET_FILES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,11 +33,6 @@ ARCHS = ("resnet50", "densenet121")
 FEATURE_DIMS = {"resnet50": 2048, "densenet121": 1024}
 # The head each torchvision classifier carries; it is dropped when loading a backbone.
 _HEADS = {"resnet50": "fc.", "densenet121": "classifier."}
-# Where to get each ImageNet weights file (the user downloads it; we never do at run time).
-IMAGENET_FILES = {
-    "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
-    "densenet121": "https://download.pytorch.org/models/densenet121-a639ec97.pth",
-}
 # Lightning checkpoints of our stages keep the backbone under this attribute name.
 CHECKPOINT_PREFIX = "backbone."
 

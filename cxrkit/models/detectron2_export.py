@@ -20,7 +20,6 @@ The matching detectron2 config (``configs/detectron2/``) must say: ``INPUT.FORMA
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from collections.abc import Mapping
@@ -29,49 +28,66 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from cxrkit import io
 from cxrkit.errors import DataError
 from cxrkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 PIXEL_MEAN = tuple(round(m * 255, 3) for m in IMAGENET_MEAN)  # (123.675, 116.28, 103.53)
 PIXEL_STD = tuple(round(s * 255, 3) for s in IMAGENET_STD)  # (58.395, 57.12, 57.375)
 
-_BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-# (torchvision pattern, detectron2 template) and the reverse; each key matches exactly one rule.
-_TO_D2 = [
-    (re.compile(r"^conv1\.weight$"), "stem.conv1.weight"),
-    (re.compile(rf"^bn1\.{_BN}$"), r"stem.conv1.norm.\1"),
-    (re.compile(r"^layer(\d)\.(\d+)\.conv(\d)\.weight$"), r"res{L}.\2.conv\3.weight"),
-    (re.compile(rf"^layer(\d)\.(\d+)\.bn(\d)\.{_BN}$"), r"res{L}.\2.conv\3.norm.\4"),
-    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.0\.weight$"), r"res{L}.\2.shortcut.weight"),
-    (re.compile(rf"^layer(\d)\.(\d+)\.downsample\.1\.{_BN}$"), r"res{L}.\2.shortcut.norm.\3"),
+# (torchvision name, detectron2 name): {i} is torchvision's stage (layer1..4), {I} detectron2's
+# (res2..5, one more), {j} a block, {k} a convolution, {p} a BatchNorm parameter. Each key matches
+# exactly one rule, in either direction.
+_NAMES = [
+    ("conv1.weight", "stem.conv1.weight"),
+    ("bn1.{p}", "stem.conv1.norm.{p}"),
+    ("layer{i}.{j}.conv{k}.weight", "res{I}.{j}.conv{k}.weight"),
+    ("layer{i}.{j}.bn{k}.{p}", "res{I}.{j}.conv{k}.norm.{p}"),
+    ("layer{i}.{j}.downsample.0.weight", "res{I}.{j}.shortcut.weight"),
+    ("layer{i}.{j}.downsample.1.{p}", "res{I}.{j}.shortcut.norm.{p}"),
 ]
-_FROM_D2 = [
-    (re.compile(r"^stem\.conv1\.weight$"), "conv1.weight"),
-    (re.compile(rf"^stem\.conv1\.norm\.{_BN}$"), r"bn1.\1"),
-    (re.compile(r"^res(\d)\.(\d+)\.conv(\d)\.weight$"), r"layer{L}.\2.conv\3.weight"),
-    (re.compile(rf"^res(\d)\.(\d+)\.conv(\d)\.norm\.{_BN}$"), r"layer{L}.\2.bn\3.\4"),
-    (re.compile(r"^res(\d)\.(\d+)\.shortcut\.weight$"), r"layer{L}.\2.downsample.0.weight"),
-    (re.compile(rf"^res(\d)\.(\d+)\.shortcut\.norm\.{_BN}$"), r"layer{L}.\2.downsample.1.\3"),
-]
+_FIELDS = {
+    "i": r"(?P<i>\d)",
+    "I": r"(?P<I>\d)",
+    "j": r"(?P<j>\d+)",
+    "k": r"(?P<k>\d)",
+    "p": r"(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)",
+}
 
 
-def _apply(rules: list, key: str, *, stage_offset: int, what: str) -> str:
-    for pattern, template in rules:
-        match = pattern.match(key)
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[iIjkp]\})", template)
+    return re.compile(
+        "".join(_FIELDS[part[1]] if part.startswith("{") else re.escape(part) for part in parts)
+    )
+
+
+_RULES = [(_pattern(tv), _pattern(d2), tv, d2) for tv, d2 in _NAMES]
+
+
+def _rename(key: str, *, to_d2: bool) -> str:
+    for tv_pattern, d2_pattern, tv, d2 in _RULES:
+        match = (tv_pattern if to_d2 else d2_pattern).fullmatch(key)
         if match:
-            stage = str(int(match.group(1)) + stage_offset) if "{L}" in template else ""
-            return match.expand(template.replace("{L}", stage))
-    raise DataError(f"{key!r} is not a {what} ResNet parameter name")
+            found = match.groupdict()
+            if "i" in found:
+                found["I"] = str(int(found["i"]) + 1)
+            elif "I" in found:
+                found["i"] = str(int(found["I"]) - 1)
+            return (d2 if to_d2 else tv).format(**found)
+    raise DataError(
+        f"{key!r} is not a {'torchvision' if to_d2 else 'detectron2'} ResNet parameter name"
+    )
 
 
 def to_detectron2_name(key: str) -> str:
     """A torchvision ResNet state-dict key -> detectron2's name for it (DataError if unknown)."""
-    return _apply(_TO_D2, key, stage_offset=1, what="torchvision")
+    return _rename(key, to_d2=True)
 
 
 def from_detectron2_name(key: str) -> str:
     """A detectron2 ResNet parameter name -> torchvision's key (the inverse of the above)."""
-    return _apply(_FROM_D2, key, stage_offset=-1, what="detectron2")
+    return _rename(key, to_d2=False)
 
 
 def to_detectron2(state: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
@@ -92,11 +108,5 @@ def write_detectron2_checkpoint(
     state: Mapping[str, Tensor], path: str | Path, *, author: str = "cxrkit"
 ) -> Path:
     """Pickle ``state`` (torchvision names) as a detectron2 checkpoint at ``path``, atomically."""
-    path = Path(path)
     payload = {"model": to_detectron2(state), "__author__": author, "matching_heuristics": True}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("wb") as f:
-        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
-    return path
+    return io.atomic_write(path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))

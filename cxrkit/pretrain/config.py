@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from cxrkit.config import DataConfig, TrainerConfig
 from cxrkit.data import vocab
+from cxrkit.models.weights import check_init
 
-INITS = ("imagenet", "random", "checkpoint")
 RECIPES = ("byol", "cxr")
 
 
@@ -19,8 +19,8 @@ RECIPES = ("byol", "cxr")
 class ModelConfig:
     """Backbone initialisation, projector and loss."""
 
-    # imagenet: torchvision ResNet-50 ImageNet file at `weights`; random: no file; checkpoint: a
-    # backbone.pth or pretrain .ckpt of a previous run at `weights` (continued pretraining).
+    # cxrkit.models.weights: imagenet (torchvision's ResNet-50 file at `weights`), random (no
+    # file), checkpoint (a backbone.pth or pretrain .ckpt at `weights`: continued pretraining)
     init: str = "imagenet"
     weights: str = ""  # e.g. weights/resnet50-11ad3fa6.pth
     # Barlow Twins: projector 2048-8192-8192-8192 (BarlowTwins-CXR keeps it).
@@ -30,8 +30,7 @@ class ModelConfig:
     lambda_param: float = 0.0051
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"model.init must be one of {INITS}, got {self.init!r}")
+        check_init(self.init, key="model.init")
         if min(self.projector_hidden_dim, self.projector_output_dim) < 1 or self.lambda_param < 0:
             raise ValueError("projector dims must be >= 1 and lambda_param >= 0")
 
@@ -117,8 +116,7 @@ class LinearEvalConfig:
     backbone_lr_factor: float = 0.1  # finetune mode: backbone lr = lr x this
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        check_init(self.init, key="init")
         if self.mode not in ("linear", "finetune"):
             raise ValueError(f"mode must be 'linear' or 'finetune', got {self.mode!r}")
         if not self.findings:

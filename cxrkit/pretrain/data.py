@@ -9,14 +9,16 @@ is saved in every checkpoint and restored before the loader is built.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxrkit.config import DataConfig
-from cxrkit.data import datasets, loading
+from cxrkit import engine
+from cxrkit.data import datasets
+from cxrkit.data.cache import Cache
+from cxrkit.data.records import Record
 from cxrkit.errors import ConfigError
 from cxrkit.pretrain.config import ViewsConfig
 from cxrkit.pretrain.sampling import ResumableSampler, SeededViews
@@ -25,49 +27,52 @@ from cxrkit.pretrain.transforms import build_view_transform
 ALL_SPLITS = ("all", "")
 
 
+def view_pairs(
+    *, records: Sequence[Record], cache: Cache, views: ViewsConfig, manifest: str, split: str
+) -> datasets.UnlabeledDataset:
+    """Pairs of views of ``records`` (read from ``cache``); ``manifest`` and ``split`` name them
+    in the error raised when there are none."""
+    if not records:
+        raise ConfigError(
+            f"{manifest}: no records in split {split!r} to pretrain on (data.train_split=all "
+            "uses every record)"
+        )
+    return datasets.UnlabeledDataset(
+        records=list(records), cache=cache, transform=build_view_transform(views=views)
+    )
+
+
 class PretrainData(L.LightningDataModule):
-    """Pairs of views of every record of ``data.train_split`` (``"all"``: the whole manifest).
+    """The pretraining loader over ``dataset``, in a resumable, seeded order.
 
     Args:
-        data: manifest, cache (built on first use by rank 0), per-device batch size, workers.
-        views: the view recipe.
+        dataset: items ``{"image_id": str, "image": [view_a, view_b]}`` (:func:`view_pairs`, or
+            fixed items in tests and benchmarks).
+        batch_size: images per device per step.
+        num_workers: loader worker processes.
         seed: fixes the data order and the views (with the epoch and position).
-        dataset: use this dataset instead of manifest + cache (tests, benchmarks); its items must
-            be ``{"image_id": str, "image": [view_a, view_b]}``.
     """
 
     def __init__(
-        self, *, data: DataConfig, views: ViewsConfig, seed: int = 0, dataset: Dataset | None = None
+        self, *, dataset: Dataset, batch_size: int, num_workers: int, seed: int = 0
     ) -> None:
         super().__init__()
-        self.data, self.views, self.seed = data, views, seed
-        self.dataset = dataset
+        self.dataset, self.batch_size, self.num_workers, self.seed = (
+            dataset,
+            batch_size,
+            num_workers,
+            seed,
+        )
         self._resume_epoch, self._resume_batches = 0, 0
 
-    def setup(self, stage: str) -> None:
-        if self.dataset is not None:
-            return
-        split = None if self.data.train_split in ALL_SPLITS else self.data.train_split
-        records = loading.load_records(self.data, split=split)
-        if not records:
-            raise ConfigError(
-                f"{self.data.manifest}: no records in split {self.data.train_split!r} to pretrain "
-                "on (data.train_split=all uses every record)"
-            )
-        cache = loading.open_cache(self.data, records=records)
-        self.dataset = datasets.UnlabeledDataset(
-            records=records, cache=cache, transform=build_view_transform(views=self.views)
-        )
-
     def train_dataloader(self) -> DataLoader:
-        assert self.dataset is not None, "setup() builds the dataset"
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         per_rank = len(self.dataset) // world  # type: ignore[arg-type]
-        if per_rank < self.data.batch_size:
+        if per_rank < self.batch_size:
             raise ConfigError(
                 f"{len(self.dataset)} images give {per_rank} per device, fewer than "  # type: ignore[arg-type]
-                f"data.batch_size={self.data.batch_size}: lower the batch size"
+                f"data.batch_size={self.batch_size}: lower the batch size"
             )
         sampler = ResumableSampler(
             self.dataset,
@@ -75,19 +80,15 @@ class PretrainData(L.LightningDataModule):
             rank=rank,
             seed=self.seed,
             epoch=self._resume_epoch,
-            skip=self._resume_batches * self.data.batch_size,
+            skip=self._resume_batches * self.batch_size,
         )
-        workers = self.data.num_workers
-        return DataLoader(
+        return engine.build_loader(
             SeededViews(self.dataset),
-            batch_size=self.data.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=datasets.collate,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            train=True,
             drop_last=True,  # equal batches: BatchNorm and the cross-correlation need them
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
+            sampler=sampler,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightly.loss import BarlowTwinsLoss
-from lightly.models.modules import BarlowTwinsProjectionHead
+from lightly.models.modules.heads import ProjectionHead
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.debug import std_of_l2_normalized
 from lightly.utils.lars import LARS
@@ -38,41 +38,26 @@ from torch import Tensor, nn
 from cxrkit import engine
 from cxrkit.errors import ConfigError
 from cxrkit.models import backbones
-from cxrkit.pretrain.config import ModelConfig, OptimConfig
+from cxrkit.pretrain.config import OptimConfig
 
 REFERENCE_BATCH = 256  # learning rates are given per 256 images of global batch
 
 
 def build_projection_head(*, input_dim: int, hidden_dim: int, output_dim: int) -> nn.Module:
-    """lightly's ``BarlowTwinsProjectionHead`` with the paper's bias-free last layer.
+    """The Barlow Twins projector from lightly's blocks: Linear-BN-ReLU, Linear-BN-ReLU, Linear.
 
-    ``(B, input_dim) -> (B, output_dim)``: Linear-BN-ReLU, Linear-BN-ReLU, Linear.
+    ``(B, input_dim) -> (B, output_dim)``. Barlow Twins' projector has no bias in any layer (the
+    BatchNorm layers make the first two moot); lightly's ``BarlowTwinsProjectionHead`` gives its
+    last Linear one. The loss normalises along the batch, so a bias there is subtracted away: it
+    only adds parameters that never learn. A block's fifth entry says ``bias=False``.
     """
-    head = BarlowTwinsProjectionHead(
-        input_dim=input_dim, hidden_dim=hidden_dim, output_dim=output_dim
+    return ProjectionHead(
+        [
+            (input_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU()),
+            (hidden_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU()),
+            (hidden_dim, output_dim, None, None, False),
+        ]
     )
-    # Barlow Twins' projector has no bias in any layer (the BN layers make the first two moot);
-    # lightly's last Linear has one. The loss normalises along the batch, so a bias there is
-    # subtracted away: it only adds parameters that never learn.
-    last = head.layers[-1]
-    head.layers[-1] = nn.Linear(last.in_features, last.out_features, bias=False)
-    return head
-
-
-def backbone_weights(model: ModelConfig) -> str | None:
-    """The weights file of ``model.init`` (None for random), or a ConfigError saying what to set."""
-    if model.init == "random":
-        return None
-    if not model.weights:
-        hint = (
-            f"torchvision's ImageNet ResNet-50 file ({backbones.IMAGENET_FILES['resnet50']})"
-            if model.init == "imagenet"
-            else "a backbone.pth or .ckpt of a previous `cxrkit pretrain` run"
-        )
-        raise ConfigError(
-            f"model.init={model.init} needs model.weights=PATH: {hint}; or model.init=random"
-        )
-    return model.weights
 
 
 class BarlowTwins(L.LightningModule):
@@ -82,45 +67,44 @@ class BarlowTwins(L.LightningModule):
     [0, 1] with C = 1 or 3 (see :mod:`cxrkit.pretrain.data`).
 
     Args:
-        model: initialisation, projector sizes and lambda.
+        backbone: maps ImageNet-normalised ``(B, 3, H, W)`` to ``(B, feature_dim)``: a
+            torchvision ResNet-50 without ``fc`` (:func:`from_config`) or a small module in tests.
+        feature_dim: the width of ``backbone``'s features.
+        projector_hidden_dim, projector_output_dim: the projector's widths (paper: 8192, 8192).
+        lambda_param: the weight of the redundancy-reduction term (paper: 0.0051).
         optim: LARS and schedule settings.
         batch_size: images per device per step (the lr scales with the global batch).
         config: the resolved run configuration as a plain dict, stored in every checkpoint.
-        backbone: use this module instead of ResNet-50 (tests); it maps ImageNet-normalised
-            ``(B, 3, H, W)`` to ``(B, feature_dim)``.
-        feature_dim: the width of ``backbone``'s features.
         channels_last: feed the backbone channels-last inputs (with channels-last weights).
     """
 
     def __init__(
         self,
         *,
-        model: ModelConfig,
+        backbone: nn.Module,
+        feature_dim: int = backbones.FEATURE_DIMS["resnet50"],
+        projector_hidden_dim: int = 8192,
+        projector_output_dim: int = 8192,
+        lambda_param: float = 0.0051,
         optim: OptimConfig,
         batch_size: int,
         config: dict[str, Any] | None = None,
-        backbone: nn.Module | None = None,
-        feature_dim: int = backbones.FEATURE_DIMS["resnet50"],
         channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters({"config": config or {}})
-        self.model_config, self.optim_config = model, optim
+        self.optim_config = optim
         self.batch_size, self.channels_last = batch_size, channels_last
         self.input_adapter = backbones.InputAdapter()
-        if backbone is None:
-            backbone = backbones.build_resnet50(weights=backbone_weights(model))
         # attribute name "backbone": backbones.load_backbone_state reads checkpoints by it
         self.backbone = backbone
         self.projection_head = build_projection_head(
-            input_dim=feature_dim,
-            hidden_dim=model.projector_hidden_dim,
-            output_dim=model.projector_output_dim,
+            input_dim=feature_dim, hidden_dim=projector_hidden_dim, output_dim=projector_output_dim
         )
         # Barlow Twins: lambda 0.0051 (set explicitly; lightly's default is 5e-3).
         # gather_distributed: average the cross-correlation over ranks, otherwise the loss would
         # depend on the number of GPUs.
-        self.criterion = BarlowTwinsLoss(lambda_param=model.lambda_param, gather_distributed=True)
+        self.criterion = BarlowTwinsLoss(lambda_param=lambda_param, gather_distributed=True)
         self._window: tuple[float, int] | None = None  # (time, pairs) at the last log
 
     def forward(self, images: Tensor) -> Tensor:

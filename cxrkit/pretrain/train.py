@@ -11,25 +11,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 from torch.utils.data import Dataset
 
 from cxrkit import config as config_io
 from cxrkit import engine
-from cxrkit.pretrain.config import ModelConfig, PretrainConfig
-from cxrkit.pretrain.data import PretrainData
-from cxrkit.pretrain.export import BACKBONE_FILE, export_backbone
+from cxrkit.data import loading
+from cxrkit.models import backbones
+from cxrkit.models.weights import weights_file
+from cxrkit.pretrain.config import PretrainConfig
+from cxrkit.pretrain.data import ALL_SPLITS, PretrainData, view_pairs
+from cxrkit.pretrain.handoff import BACKBONE_FILE, DETECTRON2_FILE, export_backbone
 from cxrkit.pretrain.module import BarlowTwins
 
 
 def build_module(config: PretrainConfig, *, resuming: bool = False) -> BarlowTwins:
-    """The LightningModule of ``config``; when ``resuming`` the initial weights file is not read
-    (the checkpoint overwrites the weights, and the file may not be on this machine)."""
+    """The LightningModule of ``config`` (the one place its fields meet the module's arguments).
+
+    When ``resuming`` the initial weights file is not read: the checkpoint overwrites every
+    weight, and the file may not be on this machine.
+    """
     model = config.model
-    if resuming:
-        model = ModelConfig(**{**config_io.to_dict(model), "init": "random"})
+    weights = None if resuming else weights_file(init=model.init, weights=model.weights)
     module = BarlowTwins(
-        model=model,
+        backbone=backbones.build_resnet50(weights=weights),
+        feature_dim=backbones.FEATURE_DIMS["resnet50"],
+        projector_hidden_dim=model.projector_hidden_dim,
+        projector_output_dim=model.projector_output_dim,
+        lambda_param=model.lambda_param,
         optim=config.optim,
         batch_size=config.data.batch_size,
         config=config_io.to_dict(config),
@@ -39,9 +47,9 @@ def build_module(config: PretrainConfig, *, resuming: bool = False) -> BarlowTwi
     return module
 
 
-def run(
+def fit(
     config: PretrainConfig, *, resume: str | Path | bool = "auto", dataset: Dataset | None = None
-) -> Path:
+) -> engine.RunResult:
     """Pretrain (or continue) the run in ``config.output_dir`` and export its backbone.
 
     Args:
@@ -50,25 +58,48 @@ def run(
         dataset: items ``{"image_id", "image": [view_a, view_b]}`` instead of the manifest (tests).
 
     Returns:
-        The path of ``backbone.pth``.
+        ``artifacts["backbone"]`` (``backbone.pth``) and ``artifacts["detectron2"]``
+        (``backbone_d2.pkl``); ``checkpoint`` is ``last.ckpt``; ``metrics["train/loss"]`` the
+        last logged loss.
     """
-    out = Path(config.output_dir)
-    checkpoint = engine.resolve_resume(out, resume)
-    L.seed_everything(config.trainer.seed, workers=True)
-    module = build_module(config, resuming=checkpoint is not None)  # a bad weights file fails here
-    engine.save_run_config(config, out)
+    # The data are read after the module is built, not by prepare_run: a missing or wrong weights
+    # file then fails in a second, before the manifest is read and a cache built.
+    run = engine.prepare_run(config, resume=resume)
+    module = build_module(config, resuming=run.resuming)
+    if dataset is None:
+        split = config.data.train_split
+        every = split in ALL_SPLITS
+        records = loading.load_records(config.data, split=None if every else split)
+        dataset = view_pairs(
+            records=records,
+            cache=loading.open_cache(config.data, records=records),
+            views=config.views,
+            manifest=config.data.manifest,
+            split=split,
+        )
     data = PretrainData(
-        data=config.data, views=config.views, seed=config.trainer.seed, dataset=dataset
+        dataset=dataset,
+        batch_size=config.data.batch_size,
+        num_workers=config.data.num_workers,
+        seed=config.trainer.seed,
     )
-    trainer = engine.build_trainer(config=config.trainer, output_dir=out)
+    trainer = engine.build_trainer(config=config.trainer, output_dir=run.output_dir)
     engine.fit(
         trainer=trainer,
         module=module,
         train_dataloaders=data,
-        output_dir=out,
-        resume=checkpoint or False,
+        output_dir=run.output_dir,
+        resume=run.checkpoint or False,
     )
+    out = run.output_dir
     if trainer.is_global_zero:
         export_backbone(state=module.backbone.state_dict(), out_dir=out)
     trainer.strategy.barrier("export")
-    return out / BACKBONE_FILE
+    last = out / engine.CHECKPOINT_DIR / engine.LAST_CHECKPOINT
+    loss = trainer.callback_metrics.get("train/loss")
+    return engine.RunResult(
+        output_dir=out,
+        checkpoint=last if last.is_file() else None,
+        artifacts={"backbone": out / BACKBONE_FILE, "detectron2": out / DETECTRON2_FILE},
+        metrics={} if loss is None else {"train/loss": float(loss)},
+    )

@@ -11,7 +11,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from cxrkit.errors import ConfigError, DataError, MissingFileError
 from cxrkit.finetune.model import build_detector
 from cxrkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet50
-from cxrkit.pretrain.export import export_backbone
+from cxrkit.pretrain.handoff import export_backbone
 
 SMALL = {"image_size": 64, "anchor_sizes": (8, 16, 32, 64, 128), "rpn_proposals_train": 50}
 
@@ -90,3 +90,26 @@ def test_transform_keeps_cache_pixels_and_normalises_like_imagenet() -> None:
     # and the inference post-processing maps boxes back by the identity
     (out,) = model.transform.postprocess([{"boxes": boxes.clone()}], [(128, 128)], [(128, 128)])
     assert torch.equal(out["boxes"], boxes)
+
+
+@pytest.mark.parametrize(("trainable_layers", "frozen_bn"), [(3, True), (5, False), (0, True)])
+def test_public_fpn_builder_builds_the_module_the_private_extractor_did(
+    trainable_layers: int, frozen_bn: bool
+) -> None:
+    # the construction build_detector used before torchvision's public resnet_fpn_backbone
+    import torchvision
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    norm = FrozenBatchNorm2d if frozen_bn else torch.nn.BatchNorm2d
+    old = _resnet_fpn_extractor(
+        torchvision.models.resnet50(weights=None, norm_layer=norm), trainable_layers
+    )
+    new = build_detector(
+        num_classes=2, trainable_layers=trainable_layers, frozen_bn=frozen_bn, **SMALL
+    ).backbone
+    old_state, new_state = old.state_dict(), new.state_dict()
+    assert list(old_state) == list(new_state)
+    assert all(old_state[k].shape == new_state[k].shape for k in old_state)
+    trainable = {n for n, p in new.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in old.named_parameters() if p.requires_grad}
+    assert [type(m) for m in old.modules()] == [type(m) for m in new.modules()]

@@ -11,8 +11,8 @@ from torch import nn
 from cxrkit.data.cache import Cache, Geometry
 from cxrkit.errors import DataError
 from cxrkit.eval.predictions import validate_predictions
+from cxrkit.finetune.detections import detections_to_frame, kaggle_submission, predict
 from cxrkit.finetune.model import build_detector
-from cxrkit.finetune.predict import detections_to_frame, kaggle_submission, predict
 
 from .toy_vindr import HEIGHT, WIDTH, ToyData, lesion_box
 

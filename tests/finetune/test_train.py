@@ -16,10 +16,10 @@ from cxrkit.data import datasets
 from cxrkit.data.cache import Cache
 from cxrkit.errors import ConfigError
 from cxrkit.eval.predictions import read_predictions
+from cxrkit.finetune import load as load_detector
 from cxrkit.finetune.config import FinetuneConfig
 from cxrkit.finetune.data import detection_records
-from cxrkit.finetune.module import detector_from_config
-from cxrkit.finetune.train import load_detector
+from cxrkit.finetune.model import build_detector, from_config
 
 from .toy_vindr import HEIGHT, WIDTH, ToyData, tiny_overrides
 
@@ -27,11 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "finetune" / "tiny_faster_rcnn.yaml"
 PAPER = REPO / "configs" / "finetune" / "faster_rcnn_vindr.yaml"
 LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
-
-
-@pytest.fixture
-def finetune_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(cli.COMMANDS, "finetune", "cxrkit.finetune.cli")
 
 
 def test_paper_yaml_states_the_dataclass_defaults() -> None:
@@ -60,7 +55,7 @@ def test_a_few_steps_at_128_px_lower_the_loss(toy: ToyData) -> None:
     batch = datasets.collate([dataset[i] for i in range(4)])  # 3 with lesions, 1 "No finding"
     assert batch["image"].shape == (4, 1, 128, 128)
     torch.manual_seed(0)
-    model = detector_from_config(config).train()
+    model = build_detector(**from_config(config)).train()
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
     )
@@ -79,7 +74,7 @@ def test_a_few_steps_at_128_px_lower_the_loss(toy: ToyData) -> None:
 
 
 def test_finetune_cli_trains_predicts_and_draws_cams(
-    toy: ToyData, tmp_path: Path, finetune_cli: None, capsys: pytest.CaptureFixture[str]
+    toy: ToyData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
     args = [
@@ -176,7 +171,7 @@ def test_finetune_cli_trains_predicts_and_draws_cams(
 
 
 def test_options_after_overrides_and_missing_config_are_clear_errors(
-    finetune_cli: None, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert cli.main(["finetune", "data.batch_size=2", "--config", str(TINY)]) == 1
     assert "put options" in capsys.readouterr().err
@@ -184,3 +179,18 @@ def test_options_after_overrides_and_missing_config_are_clear_errors(
     assert "--config" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         load(FinetuneConfig, files=[TINY], overrides=["fusion.method=average"])
+
+
+def test_old_backbone_weights_key_fails_naming_the_new_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model.init=checkpoint.*model.weights=PATH"):
+        load(FinetuneConfig, files=[TINY], overrides=["model.backbone_weights=backbone.pth"])
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  backbone_weights: null\n")
+    with pytest.raises(ConfigError, match=f"{old}: key 'model.backbone_weights' was replaced"):
+        load(FinetuneConfig, files=[TINY, old])
+
+
+def test_weights_without_a_file_is_a_config_error() -> None:
+    config = load(FinetuneConfig, files=[TINY], overrides=["model.init=imagenet"])
+    with pytest.raises(ConfigError, match="model.init=imagenet needs model.weights=PATH"):
+        from_config(config)

@@ -16,7 +16,6 @@ TINY = str(Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny_
 
 @pytest.fixture(autouse=True)
 def _registered(monkeypatch, tmp_path):
-    monkeypatch.setitem(cli.COMMANDS, "pretrain", "cxrkit.pretrain.cli")
     monkeypatch.chdir(tmp_path)  # relative output_dirs land in the test's folder
 
 

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cxrkit.pretrain.config import ModelConfig, OptimConfig
+from cxrkit.pretrain.config import OptimConfig
 from cxrkit.pretrain.module import BarlowTwins
 
 WORLD = 2
@@ -34,9 +34,13 @@ def _model() -> BarlowTwins:
     backbone = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
     )
-    model = ModelConfig(init="random", projector_hidden_dim=16, projector_output_dim=12)
     return BarlowTwins(
-        model=model, optim=OptimConfig(), batch_size=PER_RANK, backbone=backbone, feature_dim=8
+        backbone=backbone,
+        feature_dim=8,
+        projector_hidden_dim=16,
+        projector_output_dim=12,
+        optim=OptimConfig(),
+        batch_size=PER_RANK,
     )
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from cxrkit import cli
 from cxrkit.errors import ConfigError
-from cxrkit.pretrain import linear_eval
+from cxrkit.pretrain import linear_probe as linear_eval
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny_linear_eval.yaml"
 
@@ -80,7 +80,6 @@ def test_label_subset():
 
 
 def test_cli_runs_the_protocol_and_writes_the_table(phantoms, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(cli.COMMANDS, "pretrain", "cxrkit.pretrain.cli")
     out = tmp_path / "le"
     code = cli.main(
         [
@@ -108,7 +107,6 @@ def test_cli_runs_the_protocol_and_writes_the_table(phantoms, tmp_path, monkeypa
 
 
 def test_missing_weights_is_explained(phantoms, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(cli.COMMANDS, "pretrain", "cxrkit.pretrain.cli")
     code = cli.main(
         [
             "pretrain",
@@ -124,4 +122,4 @@ def test_missing_weights_is_explained(phantoms, tmp_path, monkeypatch, capsys):
     assert code == 1
     assert "init=checkpoint needs weights=PATH" in capsys.readouterr().err
     with pytest.raises(ConfigError):
-        linear_eval._backbone(linear_eval.LinearEvalConfig(init="imagenet"))
+        linear_eval.backbone_from_config(linear_eval.LinearEvalConfig(init="imagenet"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cxrkit.pretrain.config import ModelConfig, OptimConfig
+from cxrkit.pretrain.config import OptimConfig
 from cxrkit.pretrain.module import BarlowTwins, build_projection_head
 
 
@@ -21,10 +21,15 @@ def paper_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tensor
 
 
 def _module(**model) -> BarlowTwins:
-    cfg = ModelConfig(init="random", projector_hidden_dim=32, projector_output_dim=24, **model)
     backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return BarlowTwins(
-        model=cfg, optim=OptimConfig(), batch_size=16, backbone=backbone, feature_dim=8
+        backbone=backbone,
+        feature_dim=8,
+        projector_hidden_dim=32,
+        projector_output_dim=24,
+        optim=OptimConfig(),
+        batch_size=16,
+        **model,
     )
 
 
@@ -86,3 +91,14 @@ def test_optimizer_groups_follow_the_paper():
     assert id(named["projection_head.layers.6.weight"]) not in no_decay
     # 10 warm-up epochs of 20 batches / 2 accumulated = 100 steps, capped at the 100 in total
     assert scheduler.warmup_epochs == 100 and scheduler.max_epochs == 100
+
+
+def test_projection_head_is_lightlys_but_for_the_last_bias():
+    from lightly.models.modules import BarlowTwinsProjectionHead
+
+    ours = build_projection_head(input_dim=64, hidden_dim=32, output_dim=16).state_dict()
+    lightly_head = BarlowTwinsProjectionHead(input_dim=64, hidden_dim=32, output_dim=16)
+    theirs = lightly_head.state_dict()
+    assert set(theirs) - set(ours) == {"layers.6.bias"} and set(ours) <= set(theirs)
+    for key, value in ours.items():
+        assert value.shape == theirs[key].shape, key

@@ -10,14 +10,16 @@ import pytest
 import torch
 import torchvision
 
+import cxrkit
 from cxrkit import cli
 from cxrkit.config import load
+from cxrkit.data import loading
 from cxrkit.models import detectron2_export
+from cxrkit.pretrain import fit
 from cxrkit.pretrain.config import PretrainConfig
-from cxrkit.pretrain.data import PretrainData
+from cxrkit.pretrain.data import view_pairs
 from cxrkit.pretrain.module import BarlowTwins
 from cxrkit.pretrain.sampling import SeededViews
-from cxrkit.pretrain.train import run
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny_pretrain.yaml"
 
@@ -44,12 +46,18 @@ def test_tiny_run_lowers_the_loss(phantoms, tmp_path):
     # Eight phantoms with fixed views (made by the real view transform), so that each step
     # optimises the same objective and the loss must fall, not just fluctuate with new crops.
     config = _config(phantoms, tmp_path / "run", "trainer.max_epochs=8", "trainer.max_steps=8")
-    data = PretrainData(data=config.data, views=config.views, seed=1)
-    data.setup("fit")
-    views = SeededViews(data.dataset)
+    records = loading.load_records(config.data)
+    pairs = view_pairs(
+        records=records,
+        cache=loading.open_cache(config.data),
+        views=config.views,
+        manifest=config.data.manifest,
+        split="all",
+    )
+    views = SeededViews(pairs)
     fixed = [views[(i, 1000 + i)] for i in range(8)]
     assert fixed[0]["image"][0].shape == (3, 64, 64)  # BYOL recipe: RGB views in [0, 1]
-    run(config, dataset=fixed)
+    fit(config, dataset=fixed)
     losses = _losses(tmp_path / "run")
     assert sorted(losses) == list(range(8))
     assert losses[7] < 0.5 * losses[0], losses
@@ -63,7 +71,6 @@ def test_resume_continues_exactly_and_export_loads_strictly(phantoms, tmp_path, 
     # 32 phantoms / batch 8 = 4 steps per epoch; a checkpoint every 3 steps. The interrupted run
     # dies inside step 5 (after the step-3 checkpoint, mid-epoch), and the resumed run crosses
     # into the second epoch.
-    monkeypatch.setitem(cli.COMMANDS, "pretrain", "cxrkit.pretrain.cli")
     full, split = tmp_path / "full", tmp_path / "split"
     overrides = [
         f"data.manifest={phantoms.manifest}",
@@ -85,11 +92,11 @@ def test_resume_continues_exactly_and_export_loads_strictly(phantoms, tmp_path, 
     with monkeypatch.context() as m:
         m.setattr(BarlowTwins, "training_step", dying_step)
         with pytest.raises(_Killed):
-            run(config)
+            fit(config)
     ckpt = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
     assert ckpt["hyper_parameters"]["config"]["output_dir"] == str(split)  # resolved config inside
-    run(config)  # resumes automatically from checkpoints/last.ckpt
+    fit(config)  # resumes automatically from checkpoints/last.ckpt
 
     # the resumed run continued at step 3 and saw the same batches: same losses, same weights
     assert sorted(_losses(split)) == [0, 1, 2, 3, 4, 5]
@@ -137,7 +144,62 @@ def test_lightning_ddp_two_processes_on_cpu(phantoms, tmp_path):
         "data.batch_size=4",
         "trainer.max_steps=2",
     )
-    backbone = run(config)
+    backbone = fit(config).artifacts["backbone"]
     assert backbone.is_file() and (out / "backbone_d2.pkl").is_file()
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert sorted(_losses(out)) == [0, 1]
+
+
+def test_resume_without_the_initial_weights_file_and_the_backbone_feeds_finetune(
+    phantoms, tmp_path, monkeypatch
+):
+    # Start from a backbone.pth (model.init=checkpoint), die after the step-2 checkpoint, delete
+    # the file, resume: the data order is the resumable sampler's (mid-epoch is fine here), so the
+    # resumed run must end on the uninterrupted run's weights.
+    from cxrkit import finetune, pretrain
+    from cxrkit.finetune.model import build_detector, from_config
+    from cxrkit.models.backbones import build_resnet50
+    from cxrkit.pretrain.handoff import export_backbone
+
+    torch.manual_seed(5)
+    weights, _ = export_backbone(state=build_resnet50().state_dict(), out_dir=tmp_path / "init")
+    overrides = [
+        "model.init=checkpoint",
+        f"model.weights={weights}",
+        "trainer.max_steps=4",
+        "trainer.checkpoint_every_n_steps=2",
+    ]
+    full = pretrain.fit(_config(phantoms, tmp_path / "full", *overrides))
+    split = _config(phantoms, tmp_path / "split", *overrides)
+    original_step = BarlowTwins.training_step
+
+    def dying_step(self, batch, batch_idx):
+        if self.global_step == 2:
+            raise _Killed
+        return original_step(self, batch, batch_idx)
+
+    with monkeypatch.context() as m:
+        m.setattr(BarlowTwins, "training_step", dying_step)
+        with pytest.raises(_Killed):
+            pretrain.fit(split)
+    weights.unlink()
+    resumed = pretrain.fit(split)
+    a = torch.load(full.checkpoint, weights_only=True)
+    b = torch.load(resumed.checkpoint, weights_only=True)
+    assert a["global_step"] == b["global_step"] == 4
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value, b["state_dict"][key], atol=1e-5), key
+
+    # the artifacts: the backbone loads by itself and into the finetune detector's body
+    backbone = pretrain.load(resumed.artifacts["backbone"])
+    assert backbone(torch.rand(1, 3, 64, 64)).shape == (1, 2048)
+    assert resumed.artifacts["detectron2"].is_file()
+    cfg = cxrkit.load_config(
+        finetune.Config,
+        Path(__file__).resolve().parents[2] / "configs" / "finetune" / "tiny_faster_rcnn.yaml",
+        overrides=["model.init=checkpoint", f"model.weights={resumed.artifacts['backbone']}"],
+    )
+    body = build_detector(**from_config(cfg)).backbone.body.state_dict()
+    assert torch.equal(
+        body["layer4.2.conv3.weight"], backbone.state_dict()["layer4.2.conv3.weight"]
+    )

@@ -14,9 +14,7 @@ is what :mod:`cxrkit.eval` and the VinBigData Kaggle format expect. Two formats:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cxrkit import engine
 from cxrkit.data.cache import Cache, Geometry
 from cxrkit.data.records import Record
 from cxrkit.errors import DataError
@@ -103,16 +102,14 @@ def predict(
     """Run ``model`` (a detector from :func:`cxrkit.finetune.model.build_detector`) over
     ``records`` read from ``cache``; returns predictions rows in original pixels (see
     :func:`detections_to_frame`). The model is put in eval mode on ``device``."""
-    from torch.utils.data import DataLoader
-
-    from cxrkit.data.datasets import UnlabeledDataset, collate
+    from cxrkit.data.datasets import UnlabeledDataset
 
     model.eval().to(device)
-    loader = DataLoader(
+    loader = engine.build_loader(
         UnlabeledDataset(records=records, cache=cache),
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=collate,
+        train=False,
     )
     frames = []
     for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
@@ -166,16 +163,3 @@ def kaggle_submission(
             "PredictionString": [" ".join(strings.get(i, [])) or no_finding for i in image_ids],
         }
     )
-
-
-def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``frame`` as CSV atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

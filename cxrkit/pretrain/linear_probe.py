@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -35,13 +33,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from cxrkit import config as config_io
-from cxrkit import engine
-from cxrkit.data import datasets, loading
+from cxrkit import engine, io
+from cxrkit.data import datasets
 from cxrkit.data.records import Record
 from cxrkit.errors import ConfigError
 from cxrkit.eval import classification
 from cxrkit.eval.predictions import write_predictions
 from cxrkit.models import backbones
+from cxrkit.models.weights import weights_file
 from cxrkit.pretrain.config import LinearEvalConfig
 
 REFERENCE_BATCH = 256
@@ -148,15 +147,10 @@ def label_subset(records: Sequence[Record], *, fraction: float, seed: int) -> li
     return [records[i] for i in keep]
 
 
-def _backbone(config: LinearEvalConfig) -> nn.Module:
-    if config.init == "random":
-        return backbones.build_resnet50()
-    if not config.weights:
-        raise ConfigError(
-            f"init={config.init} needs weights=PATH (a backbone.pth, a pretrain .ckpt or "
-            f"torchvision's ImageNet file {backbones.IMAGENET_FILES['resnet50']}); or init=random"
-        )
-    return backbones.build_resnet50(weights=config.weights)
+def backbone_from_config(config: LinearEvalConfig) -> nn.Module:
+    """The ResNet-50 to evaluate: ``init`` and ``weights`` (:mod:`cxrkit.models.weights`)."""
+    weights = weights_file(init=config.init, weights=config.weights, prefix="")
+    return backbones.build_resnet50(weights=weights)
 
 
 @torch.no_grad()
@@ -197,48 +191,60 @@ def _summary_rows(fraction: float, result: dict[str, Any]) -> list[dict[str, Any
     return rows
 
 
-def run(config: LinearEvalConfig) -> pd.DataFrame:
-    """Train and test a head per label fraction; returns (and writes) the summary table."""
-    out = Path(config.output_dir)
-    engine.save_run_config(config, out)
+def linear_eval(config: LinearEvalConfig, *, resume: str | bool = "auto") -> pd.DataFrame:
+    """Train and test a head per label fraction; returns (and writes) the summary table.
+
+    Args:
+        resume: ``"auto"`` continues each fraction from its own ``fraction_<f>/checkpoints/
+            last.ckpt`` when present; ``False`` starts every fraction over.
+
+    Raises:
+        ConfigError: ``resume`` is a checkpoint path (each fraction has its own), no training or
+            test records, or ``init`` without ``weights``.
+    """
+    if resume not in ("auto", True, False):
+        raise ConfigError(
+            f"linear-eval resumes each fraction from its own checkpoint: use --resume auto or "
+            f"never, not {resume!r}"
+        )
     train_split, test_split = config.data.train_split, config.data.test_split
-    train_records = loading.load_records(config.data, split=train_split)
-    test_records = loading.load_records(config.data, split=test_split)
+    run = engine.prepare_run(
+        config, resume=False, data=config.data, splits=(train_split, test_split)
+    )
+    train_records, test_records = run.records[train_split], run.records[test_split]
     for name, split, records in (
         ("training", train_split, train_records),
         ("test", test_split, test_records),
     ):
         if not records:
             raise ConfigError(f"{config.data.manifest}: no {name} records (split {split!r})")
-    cache = loading.open_cache(config.data, records=train_records + test_records)
+    cache = run.cache
     test_data = datasets.ClassificationDataset(
         records=test_records, cache=cache, findings=config.findings
     )
     findings = test_data.findings
-    test_loader = DataLoader(
+    test_loader = engine.build_loader(
         test_data,
         batch_size=config.data.batch_size,
         num_workers=config.data.num_workers,
-        collate_fn=datasets.collate,
+        train=False,
     )
     rows: list[dict[str, Any]] = []
     for fraction in config.label_fractions:
-        run_dir = out / f"fraction_{fraction:g}"
+        run_dir = run.output_dir / f"fraction_{fraction:g}"
         L.seed_everything(config.trainer.seed, workers=True)
         subset = label_subset(train_records, fraction=fraction, seed=config.trainer.seed)
         train_data = datasets.ClassificationDataset(
             records=subset, cache=cache, findings=config.findings
         )
-        loader = DataLoader(
+        loader = engine.build_loader(
             train_data,
             batch_size=min(config.data.batch_size, len(subset)),
-            shuffle=True,
             num_workers=config.data.num_workers,
-            collate_fn=datasets.collate,
-            persistent_workers=config.data.num_workers > 0,
+            train=True,
         )
         module = LinearProbe(
-            backbone=_backbone(config),
+            backbone=backbone_from_config(config),
             feature_dim=backbones.FEATURE_DIMS["resnet50"],
             num_findings=len(findings),
             mode=config.mode,
@@ -250,7 +256,13 @@ def run(config: LinearEvalConfig) -> pd.DataFrame:
             config=config_io.to_dict(config),
         )
         trainer = engine.build_trainer(config=config.trainer, output_dir=run_dir)
-        engine.fit(trainer=trainer, module=module, train_dataloaders=loader, output_dir=run_dir)
+        engine.fit(
+            trainer=trainer,
+            module=module,
+            train_dataloaders=loader,
+            output_dir=run_dir,
+            resume=resume,
+        )
         if not trainer.is_global_zero:
             continue
         predictions = predict(module, test_loader, findings=findings)
@@ -263,21 +275,12 @@ def run(config: LinearEvalConfig) -> pd.DataFrame:
             seed=config.trainer.seed,
             curves=False,
         )
-        _write_json(result, run_dir / "evaluation.json")
+        io.atomic_write(run_dir / "evaluation.json", json.dumps(result, indent=2, default=float))
         rows.extend(_summary_rows(fraction, result))
     summary = pd.DataFrame(rows, columns=["fraction", "finding", "auroc", "ci_low", "ci_high"])
     if rows:
-        path = out / SUMMARY_FILE
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        summary.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        io.atomic_write(run.output_dir / SUMMARY_FILE, lambda tmp: summary.to_csv(tmp, index=False))
     return summary
-
-
-def _write_json(result: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 def format_summary(summary: pd.DataFrame) -> str:

@@ -14,13 +14,14 @@ the same adapter). ``backbone_d2.pkl`` holds the same weights for detectron2, wi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import Tensor
 
+from cxrkit import io
 from cxrkit.models import backbones, detectron2_export
 
 BACKBONE_FILE = "backbone.pth"
@@ -38,23 +39,30 @@ def export_backbone(*, state: Mapping[str, Tensor], out_dir: str | Path) -> tupl
         The two paths. The state is checked by a strict load into ``build_resnet50()`` first.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     clean = {
         k: (v.detach().cpu().contiguous().float() if v.is_floating_point() else v.detach().cpu())
         for k, v in state.items()
     }
     backbones.build_resnet50().load_state_dict(clean, strict=True)  # fail before writing
-    path = out_dir / BACKBONE_FILE
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(clean, tmp)
-    os.replace(tmp, path)
+    path = io.atomic_write(out_dir / BACKBONE_FILE, lambda tmp: torch.save(clean, tmp))
     d2 = detectron2_export.write_detectron2_checkpoint(
         clean, out_dir / DETECTRON2_FILE, author="cxrkit pretrain (Barlow Twins)"
     )
     return path, d2
 
 
-def export_checkpoint(*, checkpoint: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
-    """Export the backbone of a pretrain checkpoint (.ckpt) or any accepted weights file."""
+def export(*, checkpoint: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """Export the backbone of a pretrain checkpoint (.ckpt) or any accepted weights file as
+    ``out_dir/backbone.pth`` and ``out_dir/backbone_d2.pkl`` (see :func:`export_backbone`)."""
     state = backbones.load_backbone_state(checkpoint, arch="resnet50")
     return export_backbone(state=state, out_dir=out_dir)
+
+
+def load(path: str | Path) -> torchvision.models.ResNet:
+    """The ResNet-50 backbone of a ``backbone.pth`` or a pretrain ``.ckpt`` (torchvision's
+    ``resnet50`` with ``fc = Identity``: ``(B, 3, H, W)`` ImageNet-normalised -> ``(B, 2048)``).
+
+    Raises:
+        MissingFileError: no such file. DataError: not ResNet-50 weights.
+    """
+    return backbones.build_resnet50(weights=path)
