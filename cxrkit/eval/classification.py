@@ -21,10 +21,17 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from cxrkit.data import findings as finding_groups
 from cxrkit.data.records import Record
 from cxrkit.errors import ConfigError, DataError
 from cxrkit.eval import bootstrap
-from cxrkit.eval.predictions import Issues, match_ids, report_or_raise, validate_predictions
+from cxrkit.eval.predictions import (
+    Issues,
+    finding_entries,
+    match_ids,
+    report_or_raise,
+    validate_predictions,
+)
 
 MAX_CURVE_POINTS = 400  # ROC points kept per curve in results (plots only)
 
@@ -144,12 +151,16 @@ def delong_test_paired(*, y_true: object, score_a: object, score_b: object) -> d
     ``p_value``.
     """
     aucs, cov = delong_covariance(y_true=y_true, y_scores=np.vstack([score_a, score_b]))
-    difference = float(aucs[1] - aucs[0])
-    variance = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    return _delong_result(aucs[0], aucs[1], variance=cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+
+
+def _delong_result(auroc_a: float, auroc_b: float, *, variance: float) -> dict[str, float]:
+    difference = float(auroc_b - auroc_a)
+    variance = float(variance)
     z, p = _z_test(difference, variance)
     return {
-        "auroc_a": float(aucs[0]),
-        "auroc_b": float(aucs[1]),
+        "auroc_a": float(auroc_a),
+        "auroc_b": float(auroc_b),
         "difference": difference,
         "se": math.sqrt(max(variance, 0.0)),
         "z": z,
@@ -167,17 +178,7 @@ def delong_test_unpaired(
     """
     auc_a, var_a = delong_covariance(y_true=y_true_a, y_scores=score_a)
     auc_b, var_b = delong_covariance(y_true=y_true_b, y_scores=score_b)
-    difference = float(auc_b[0] - auc_a[0])
-    variance = float(var_a[0, 0] + var_b[0, 0])
-    z, p = _z_test(difference, variance)
-    return {
-        "auroc_a": float(auc_a[0]),
-        "auroc_b": float(auc_b[0]),
-        "difference": difference,
-        "se": math.sqrt(max(variance, 0.0)),
-        "z": z,
-        "p_value": p,
-    }
+    return _delong_result(auc_a[0], auc_b[0], variance=var_a[0, 0] + var_b[0, 0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,13 +303,20 @@ def score_table(
     """Align classification predictions (``image_id, finding, score``) with manifest labels.
 
     ``findings`` defaults to every finding in the predictions; each must have labels in the
-    manifest. Missing ids on either side, findings unknown to the manifest, NaN scores and
-    labelled images without a score raise :class:`DataError` with counts and examples, unless
-    ``allow_missing`` (then they are left out and recorded in ``issues``).
+    manifest. A group entry (``"Nodule/Mass=Nodule|Mass"``, in ``findings`` or carried by the
+    predictions' ``members`` column) is labelled from its members (:mod:`cxrkit.data.findings`);
+    an entry in ``findings`` wins over the file's. Missing ids on either side, findings unknown to
+    the manifest, NaN scores and labelled images without a score raise :class:`DataError` with
+    counts and examples, unless ``allow_missing`` (then they are left out and recorded in
+    ``issues``).
     """
     df, issues = validate_predictions(
         predictions, kind="classification", allow_missing=allow_missing, source=source
     )
+    entries = [*finding_entries(df), *(findings or [])]
+    records = finding_groups.expand_records(records, entries)
+    if findings is not None:
+        findings = finding_groups.names(findings)
     index = records_by_id(records)
     known = sorted({f for r in records for f in r.labels})
     predicted_findings = sorted(df["finding"].unique())
@@ -363,6 +371,34 @@ def score_table(
         scores=scores,
         issues=issues,
     )
+
+
+def model_tables(
+    predictions: pd.DataFrame,
+    records: Sequence[Record],
+    *,
+    predictions_b: pd.DataFrame | None = None,
+    findings: Sequence[str] | None = None,
+    allow_missing: bool = False,
+) -> list[ScoreTable]:
+    """One model's :class:`ScoreTable`, or two models' tables paired (:func:`paired_tables`)."""
+    a = score_table(
+        predictions,
+        records,
+        findings=findings,
+        allow_missing=allow_missing,
+        source="predictions (model A)" if predictions_b is not None else "predictions",
+    )
+    if predictions_b is None:
+        return [a]
+    b = score_table(
+        predictions_b,
+        records,
+        findings=findings,
+        allow_missing=allow_missing,
+        source="predictions (model B)",
+    )
+    return list(paired_tables(a, b))
 
 
 def paired_tables(a: ScoreTable, b: ScoreTable) -> tuple[ScoreTable, ScoreTable]:
@@ -604,21 +640,13 @@ def compare(
     and paired bootstrap ``p_value``). Only images and findings both models scored are used.
     """
     bootstrap.check_settings(n_bootstrap=n_bootstrap, level=level)
-    a = score_table(
+    a, b = model_tables(
         predictions_a,
         records,
+        predictions_b=predictions_b,
         findings=findings,
         allow_missing=allow_missing,
-        source="predictions (model A)",
     )
-    b = score_table(
-        predictions_b,
-        records,
-        findings=findings,
-        allow_missing=allow_missing,
-        source="predictions (model B)",
-    )
-    a, b = paired_tables(a, b)
     both = ~np.isnan(a.scores) & ~np.isnan(b.scores)
     reps = None
     if n_bootstrap:

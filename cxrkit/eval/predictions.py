@@ -4,7 +4,11 @@ A predictions file is CSV or Parquet (chosen by the suffix: ``.csv``, ``.parquet
 row per score, in one of three kinds:
 
 - ``classification``: ``image_id, finding, score``. One row per (image, finding); ``score`` is any
-  real number that ranks images (a probability or a logit). Duplicated pairs are an error.
+  real number that ranks images (a probability or a logit). Duplicated pairs are an error. An
+  optional fourth column ``members`` says which labels a group finding is scored from
+  (``Nodule/Mass`` with members ``Nodule|Mass``; empty for a plain finding), so that eval scores a
+  group against the label it was trained on (:mod:`cxrkit.data.findings`); ``cxrkit multitask``
+  writes it.
 - ``detection``: ``image_id, finding, score, x1, y1, x2, y2``. One row per box, in **original pixel
   coordinates** of the manifest image (x1 < x2, y1 < y2). An image with no row had no detection.
 - ``screening``: ``image_id, score`` with ``score`` the probability (or any monotone score) of
@@ -20,7 +24,6 @@ predictions with those of the manifest in the same spirit.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrkit import io
+from cxrkit.data import findings as finding_groups
 from cxrkit.errors import ConfigError, DataError, MissingFileError
 
 KINDS = ("classification", "detection", "screening")
@@ -36,6 +41,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "detection": ("image_id", "finding", "score", "x1", "y1", "x2", "y2"),
     "screening": ("image_id", "score"),
 }
+MEMBERS = "members"  # optional classification column: a group finding's labels, "A|B"
 SCREENING_FINDING = "abnormal"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 N_EXAMPLES = 5  # how many offending ids or rows an error message quotes
@@ -115,6 +121,13 @@ def _row_names(df: pd.DataFrame, mask: np.ndarray, *, csv: bool) -> list[str]:
     return [f"line {p + 2}" if csv else f"row {p}" for p in positions]
 
 
+def _refuse_rows(
+    df: pd.DataFrame, bad: np.ndarray, *, problem: str, source: str, csv_lines: bool
+) -> None:
+    if bad.any():
+        raise DataError(f"{source}: {problem} at {_examples(_row_names(df, bad, csv=csv_lines))}")
+
+
 def validate_predictions(
     df: pd.DataFrame,
     *,
@@ -134,8 +147,9 @@ def validate_predictions(
         csv_lines: number offending rows as CSV lines (header = line 1) rather than row indices.
 
     Returns:
-        The table with exactly :data:`COLUMNS` ``[kind]``: ``image_id`` and ``finding`` as ``str``,
-        ``score`` and box coordinates as ``float64``, index reset; and the :class:`Issues`.
+        The table with exactly :data:`COLUMNS` ``[kind]`` (plus ``members`` when a classification
+        table has it): ``image_id``, ``finding`` and ``members`` as ``str``, ``score`` and box
+        coordinates as ``float64``, index reset; and the :class:`Issues`.
 
     Raises:
         DataError: a missing column, a non-numeric value, an empty id, a NaN score or an invalid
@@ -159,24 +173,22 @@ def validate_predictions(
             f"{source}: {kind} predictions need columns {list(columns)}; missing {missing} "
             f"(found {list(df.columns)})"
         )
-    df = df.loc[:, list(columns)].reset_index(drop=True)
+    members = kind == "classification" and MEMBERS in df.columns
+    df = df.loc[:, [*columns, *([MEMBERS] if members else [])]].reset_index(drop=True)
+    if members:
+        df[MEMBERS] = df[MEMBERS].fillna("").astype(str)
+        _check_members(df, source=source)
     for name in ("image_id", "finding"):
         if name not in columns:
             continue
         empty = df[name].isna().to_numpy() | (df[name].astype(str).str.strip() == "").to_numpy()
-        if empty.any():
-            raise DataError(
-                f"{source}: empty {name} at {_examples(_row_names(df, empty, csv=csv_lines))}"
-            )
+        _refuse_rows(df, empty, problem=f"empty {name}", source=source, csv_lines=csv_lines)
         df[name] = df[name].astype(str)
     for name in columns[2 if kind != "screening" else 1 :]:
         numeric = pd.to_numeric(df[name], errors="coerce")
         bad = numeric.isna().to_numpy() & df[name].notna().to_numpy()
-        if bad.any():
-            raise DataError(
-                f"{source}: column {name!r} is not numeric at "
-                f"{_examples(_row_names(df, bad, csv=csv_lines))}"
-            )
+        problem = f"column {name!r} is not numeric"
+        _refuse_rows(df, bad, problem=problem, source=source, csv_lines=csv_lines)
         df[name] = numeric.astype("float64")
 
     drop = np.zeros(len(df), dtype=bool)
@@ -219,6 +231,30 @@ def validate_predictions(
     return df, issues
 
 
+def _check_members(df: pd.DataFrame, *, source: str) -> None:
+    per_finding = df.groupby("finding")[MEMBERS].unique()
+    mixed = [f for f, values in per_finding.items() if len(values) > 1]
+    if mixed:
+        raise DataError(
+            f"{source}: findings {_examples(mixed)} have more than one {MEMBERS!r} value; a "
+            "finding is scored from one set of labels"
+        )
+    for finding, values in per_finding.items():
+        try:
+            finding_groups.parse(f"{finding}={values[0]}" if values[0] else finding)
+        except ValueError as exc:
+            raise DataError(f"{source}: column {MEMBERS!r}: {exc}") from None
+
+
+def finding_entries(df: pd.DataFrame) -> list[str]:
+    """The finding entries of a validated classification table, in first-seen order: a group as
+    ``"Nodule/Mass=Nodule|Mass"`` (from its ``members`` column), a plain finding as its name."""
+    if MEMBERS not in df.columns:
+        return list(dict.fromkeys(df["finding"]))
+    pairs = df[["finding", MEMBERS]].drop_duplicates("finding")
+    return [f"{f}={m}" if m else f for f, m in zip(pairs["finding"], pairs[MEMBERS], strict=True)]
+
+
 def _is_parquet(path: Path) -> bool:
     return path.suffix.lower() in PARQUET_SUFFIXES
 
@@ -256,7 +292,7 @@ def read_predictions(
             numeric = ("score", "x1", "y1", "x2", "y2")
             df = pd.read_csv(
                 path,
-                dtype={"image_id": str, "finding": str},
+                dtype={"image_id": str, "finding": str, MEMBERS: str},
                 keep_default_na=False,
                 na_values={c: ["", "nan", "NaN", "NA", "null", "None"] for c in numeric},
             )
@@ -275,22 +311,14 @@ def write_predictions(df: pd.DataFrame, path: str | Path, *, kind: str) -> Path:
     """Validate ``df`` strictly and write it atomically (temp file + rename) as CSV or Parquet.
 
     The format follows the suffix of ``path``; the columns written are exactly
-    :data:`COLUMNS` ``[kind]``, in that order.
+    :data:`COLUMNS` ``[kind]`` (and ``members`` when ``df`` has it), in that order.
     """
     path = Path(path)
     _check_suffix(path)
     clean, _ = validate_predictions(df, kind=kind, allow_missing=False, source=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        if _is_parquet(path):
-            clean.to_parquet(tmp, index=False)
-        else:
-            clean.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    if _is_parquet(path):
+        return io.atomic_write(path, lambda tmp: clean.to_parquet(tmp, index=False))
+    return io.atomic_write(path, lambda tmp: clean.to_csv(tmp, index=False))
 
 
 def match_ids(

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from cxrkit.errors import DataError
+from cxrkit.io import atomic_write
 
 EN_DASH = "\u2013"
 MINUS = "\u2212"
@@ -95,20 +95,10 @@ def to_jsonable(obj: object) -> object:
     return obj
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_json(data: object, path: str | Path) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(to_jsonable(data), indent=2, allow_nan=False)
-    return _atomic_write(Path(path), lambda tmp: tmp.write_text(text + "\n"))
+    return atomic_write(Path(path), lambda tmp: tmp.write_text(text + "\n"))
 
 
 def scalars(result: Mapping[str, object], prefix: str = "eval") -> dict[str, float]:
@@ -486,7 +476,7 @@ def _figure(n_panels: int, *, ncols: int = 4, size: float = 3.2) -> tuple[object
 
 
 def _save(fig: object, path: Path) -> Path:
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def _plot_roc(curves: Mapping[str, Mapping[str, Mapping[str, list[float]]]], path: Path) -> Path:
@@ -613,7 +603,7 @@ def write_report(
     files = {"json": write_json(_without_curves(result), out_dir / "report.json")}
     if result.get("curves"):
         files["curves"] = write_json(result["curves"], out_dir / "curves.json")
-    files["markdown"] = _atomic_write(out_dir / "report.md", lambda tmp: tmp.write_text(text))
+    files["markdown"] = atomic_write(out_dir / "report.md", lambda tmp: tmp.write_text(text))
     for path in plots(result, out_dir):
         files[f"plot:{path.name}"] = path
     if run_dir is not None:

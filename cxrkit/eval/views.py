@@ -143,23 +143,13 @@ def evaluate(
         same fields), ``gap_change`` (B - A, with interval) and ``p_gap_change``.
     """
     bootstrap.check_settings(n_bootstrap=n_bootstrap, level=level)
-    a = classification.score_table(
+    tables = classification.model_tables(
         predictions,
         records,
+        predictions_b=predictions_b,
         findings=findings,
         allow_missing=allow_missing,
-        source="predictions (model A)" if predictions_b is not None else "predictions",
     )
-    tables = [a]
-    if predictions_b is not None:
-        b = classification.score_table(
-            predictions_b,
-            records,
-            findings=findings,
-            allow_missing=allow_missing,
-            source="predictions (model B)",
-        )
-        tables = list(classification.paired_tables(a, b))
     t0 = tables[0]
     usable = ~np.isnan(t0.labels)
     for t in tables:

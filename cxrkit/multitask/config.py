@@ -35,7 +35,8 @@ KCR_FINDINGS_VINDR = [
     "Pleural effusion",
 ]
 ENCODERS = ("resnet50", "densenet121", "resnet18")
-INITS = ("imagenet", "barlow_twins", "random")
+INITS = ("random", "imagenet", "checkpoint")  # the initial-weights vocabulary of every stage
+RENAMED_INITS = {"barlow_twins": "checkpoint"}
 TASKS = ("multilabel", "screening")
 
 
@@ -46,7 +47,9 @@ class EncoderConfig:
     ``name``: ``resnet50`` (KCR, Guendel), ``densenet121`` (the screening thesis' best backbone), or
     ``resnet18`` (random initialisation only; for quick CPU runs and tests). ``init`` says what
     ``weights`` holds: ``imagenet`` (torchvision's file, e.g. resnet50-11ad3fa6.pth),
-    ``barlow_twins`` (``backbone.pth`` or a ``.ckpt`` from ``cxrkit pretrain``) or ``random``.
+    ``checkpoint`` (a cxrkit ``backbone.pth`` or a ``.ckpt`` from ``cxrkit pretrain``) or
+    ``random`` (no file). A resumed run does not read ``weights``: its checkpoint holds every
+    weight.
     """
 
     name: str = "resnet50"
@@ -56,6 +59,11 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.name not in ENCODERS:
             raise ValueError(f"encoder.name {self.name!r} is not one of {ENCODERS}")
+        if self.init in RENAMED_INITS:
+            raise ValueError(
+                f"encoder.init={self.init} is now encoder.init={RENAMED_INITS[self.init]} "
+                "(encoder.weights=PATH to the backbone.pth or .ckpt of `cxrkit pretrain`)"
+            )
         if self.init not in INITS:
             raise ValueError(f"encoder.init {self.init!r} is not one of {INITS}")
         if self.name == "resnet18" and self.init != "random":

@@ -38,7 +38,7 @@ _NODES = {
 _WHERE = {
     "imagenet": "torchvision's ImageNet file (resnet50-11ad3fa6.pth / densenet121-a639ec97.pth, "
     "downloaded once by you; cxrkit never downloads)",
-    "barlow_twins": "backbone.pth (or a .ckpt) written by `cxrkit pretrain`",
+    "checkpoint": "backbone.pth (or a .ckpt) written by `cxrkit pretrain`",
 }
 
 
@@ -71,8 +71,8 @@ def build_encoder(*, name: str, init: str, weights: str | Path | None = None) ->
     """ResNet-50 / DenseNet-121 (or a random ResNet-18 for quick runs) as an :class:`Encoder`.
 
     Raises:
-        MissingFileError: ``init`` is ``imagenet``/``barlow_twins`` and ``weights`` is empty or
-            not a file.
+        MissingFileError: ``init`` is ``imagenet``/``checkpoint`` and ``weights`` is empty or not
+            a file.
     """
     from cxrkit.models import backbones
 

@@ -4,14 +4,13 @@ A run directory::
 
     OUT/config.yaml                 the resolved configuration
     OUT/checkpoints/{last,best}.ckpt, OUT/tensorboard/, OUT/metrics.json   (cxrkit.engine)
-    OUT/model.pt                    the exported model: {"state_dict", "config", "findings"}
-    OUT/predictions_<split>.csv     image_id, finding, score (sigmoid) for `cxrkit eval`
+    OUT/model.pt                    the exported model (cxrkit.io.save_model, kind "multitask")
+    OUT/predictions_<split>.csv     image_id, finding, score (sigmoid), members for `cxrkit eval`
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from cxrkit import engine
+from cxrkit import engine, io
 from cxrkit.config import to_dict
-from cxrkit.data import augmentation, datasets, loading
+from cxrkit.data import augmentation, datasets
 from cxrkit.data.cache import Cache
 from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
-from cxrkit.errors import DataError, MissingFileError
+from cxrkit.errors import CheckpointError, DataError
+from cxrkit.eval.predictions import MEMBERS
 from cxrkit.multitask.config import MultiTaskConfig, config_from_dict
 from cxrkit.multitask.dataset import MaskLayout, MultiTaskDataset, mask_layout
 from cxrkit.multitask.model import MultiTaskModel, build_from_config
@@ -35,6 +35,7 @@ from cxrkit.multitask.module import MultiTaskModule
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
+MODEL_KIND = "multitask"
 
 
 def build_dataset(
@@ -69,25 +70,17 @@ def build_dataset(
     )
 
 
-def build_loader(dataset: MultiTaskDataset, *, config: MultiTaskConfig, train: bool) -> DataLoader:
-    """A DataLoader with the shared ``collate``; shuffled without a ragged last batch to train."""
-    workers = config.data.num_workers
-    return DataLoader(
+def build_loader(
+    dataset: MultiTaskDataset, *, batch_size: int, num_workers: int, train: bool
+) -> DataLoader:
+    """:func:`cxrkit.engine.build_loader`, without a ragged last batch when training."""
+    return engine.build_loader(
         dataset,
-        batch_size=config.data.batch_size,
-        shuffle=train,
-        drop_last=train and len(dataset) > config.data.batch_size,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        collate_fn=datasets.collate,
-        pin_memory=torch.cuda.is_available(),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        train=train,
+        drop_last=train and len(dataset) > batch_size,
     )
-
-
-def inference_device(config: MultiTaskConfig) -> torch.device:
-    """CUDA when available and not disabled by ``trainer.accelerator=cpu``."""
-    use_gpu = torch.cuda.is_available() and config.trainer.accelerator != "cpu"
-    return torch.device("cuda" if use_gpu else "cpu")
 
 
 @torch.no_grad()
@@ -110,72 +103,94 @@ def predict_logits(
 def predictions_frame(
     ids: Sequence[str], probs: torch.Tensor, findings: Sequence[str]
 ) -> pd.DataFrame:
-    """Long table ``image_id, finding, score`` from FloatTensor[N, F] scores."""
-    names = [parse_finding(f)[0] for f in findings]
+    """Long table ``image_id, finding, score, members`` from FloatTensor[N, F] scores.
+
+    ``members`` names the labels a group finding was trained on (``Nodule|Mass``; empty for a
+    plain finding), so that ``cxrkit eval classification`` scores it against the same label.
+    """
+    parsed = [parse_finding(f) for f in findings]
+    names = [f.name for f in parsed]
+    members = ["|".join(f.members) if f.is_group else "" for f in parsed]
     return pd.DataFrame(
         {
             "image_id": [i for i in ids for _ in names],
             "finding": names * len(ids),
             "score": probs.reshape(-1).double().numpy(),
+            MEMBERS: members * len(ids),
         }
     )
 
 
 def save_model(model: MultiTaskModel, config: MultiTaskConfig, path: Path, **extra: Any) -> Path:
-    """Write ``{"state_dict", "config", **extra}`` atomically; loads with ``weights_only=True``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "config": to_dict(config), **extra}, tmp)
-    os.replace(tmp, path)
-    return path
+    """Write the model file (:func:`cxrkit.io.save_model`, kind ``"multitask"``) atomically."""
+    return io.save_model(
+        path, kind=MODEL_KIND, state_dict=model.state_dict(), config=to_dict(config), **extra
+    )
 
 
-def load_model(path: str | Path) -> tuple[MultiTaskModel, MultiTaskConfig, dict[str, Any]]:
-    """Read a file written by :func:`save_model` (``torch.load(weights_only=True)``).
+def load(path: str | Path) -> tuple[MultiTaskModel, MultiTaskConfig, dict[str, Any]]:
+    """Read a model file written by :func:`save_model` (also those written before the ``format``
+    key existed), with ``torch.load(weights_only=True)``.
 
     Returns:
         The model (weights loaded, eval mode), its config and the whole file's dict.
 
     Raises:
-        MissingFileError: no such file. DataError: not a cxrkit multitask model file.
+        MissingFileError: no such file. CheckpointError: not a cxrkit multitask model file, or
+            weights that do not match the model its config describes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(
-            f"{path}: model file not found; train one with `cxrkit multitask --config ...` "
-            f"(it writes OUTPUT_DIR/{MODEL_FILE})"
-        )
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means "not our file"
-        raise DataError(f"{path}: not a readable model file ({exc})") from exc
-    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
-        raise DataError(f"{path}: not a cxrkit multitask model (needs 'state_dict' and 'config')")
+    blob = io.load_model(
+        path,
+        kind=MODEL_KIND,
+        hint=f"train one with `cxrkit multitask --config ...` (it writes OUTPUT_DIR/{MODEL_FILE})",
+    )
     config = config_from_dict(blob["config"])
-    outputs = 3 if config.task == "screening" else len(config.findings)
-    model = build_from_config(config, num_outputs=outputs, load_weights=False)
+    model = build_from_config(config, num_outputs=num_outputs(config), load_weights=False)
     try:
         model.load_state_dict(blob["state_dict"], strict=True)
     except RuntimeError as exc:
-        raise DataError(
+        raise CheckpointError(
             f"{path}: weights do not match the model its config describes ({exc})"
-        ) from exc
+        ) from None
     return model.eval(), config, blob
 
 
-def _best_or_last(output_dir: Path) -> Path | None:
-    ckpts = output_dir / engine.CHECKPOINT_DIR
-    for name in (f"{engine.BEST_NAME}.ckpt", engine.LAST_CHECKPOINT):
-        if (ckpts / name).is_file():
-            return ckpts / name
-    return None
+def num_outputs(config: MultiTaskConfig) -> int:
+    """Classifier outputs: 3 for a screening member (normal / disease / other), else one per
+    finding."""
+    return 3 if config.task == "screening" else len(config.findings)
 
 
-def load_checkpoint_weights(module: MultiTaskModule, path: Path) -> None:
-    """Load a Lightning checkpoint's weights into ``module`` (``weights_only=True``)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict(blob["state_dict"], strict=True)
+def inference_loader(
+    config: MultiTaskConfig, *, records: Sequence[Record], cache: Cache
+) -> DataLoader:
+    """Images only (no masks), in record order, with the config's batch size and workers."""
+    return build_loader(
+        build_dataset(config=config, records=records, cache=cache, inference=True),
+        batch_size=config.data.batch_size,
+        num_workers=config.data.num_workers,
+        train=False,
+    )
+
+
+def predict(
+    model: MultiTaskModel,
+    config: MultiTaskConfig,
+    *,
+    records: Sequence[Record],
+    cache: Cache,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Score ``records``: ``image_id, finding, score`` (sigmoid) and ``members`` per finding.
+
+    Args:
+        model, config: as returned by :func:`load` (or ``fit``'s ``"model"`` artifact).
+        records, cache: the images, read from a cache with the model's preprocessing recipe.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`cxrkit.engine.inference_device`).
+    """
+    loader = inference_loader(config, records=records, cache=cache)
+    ids, logits = predict_logits(model, loader, device=engine.inference_device(device))
+    return predictions_frame(ids, logits.sigmoid(), config.findings)
 
 
 def write_split_predictions(
@@ -185,74 +200,74 @@ def write_split_predictions(
     records: Sequence[Record],
     cache: Cache,
     path: Path,
+    device: str = "auto",
 ) -> Path:
-    """Score ``records`` and write ``image_id, finding, score`` (sigmoid) to ``path``."""
+    """Score ``records`` (:func:`predict`) and write the predictions file ``path``."""
     from cxrkit.eval.predictions import write_predictions
 
-    loader = build_loader(
-        build_dataset(config=config, records=records, cache=cache, inference=True),
-        config=config,
-        train=False,
-    )
-    ids, logits = predict_logits(model, loader, device=inference_device(config))
-    frame = predictions_frame(ids, logits.sigmoid(), config.findings)
+    frame = predict(model, config, records=records, cache=cache, device=device)
     return write_predictions(frame, path, kind="classification")
 
 
-def fit(config: MultiTaskConfig) -> Path:
-    """Train a multi-label model as ``config`` says; write ``model.pt`` and the split's predictions.
+def fit(config: MultiTaskConfig, *, resume: str | Path | bool = "auto") -> engine.RunResult:
+    """Train the experiment ``config`` describes: a multi-label model, or with ``task=screening``
+    the screening ensemble (:func:`cxrkit.multitask.screening.fit_ensemble`).
 
-    Resumes from ``OUTPUT_DIR/checkpoints/last.ckpt`` when present. Returns the output directory.
+    Args:
+        resume: ``"auto"`` continues from ``OUTPUT_DIR/checkpoints/last.ckpt`` when present, a path
+            from that checkpoint, ``False`` starts fresh. A resumed run does not read
+            ``encoder.weights``.
+
+    Returns:
+        A multi-label run's artifacts ``"model"`` (``model.pt``, for :func:`load`) and, when
+        ``predict_split`` has images, ``"predictions"``; a screening run's as in ``fit_ensemble``.
     """
+    if config.task == "screening":
+        from cxrkit.multitask.screening import fit_ensemble
+
+        return fit_ensemble(config, resume=resume)
+    return fit_multilabel(config, resume=resume)
+
+
+def fit_multilabel(
+    config: MultiTaskConfig, *, resume: str | Path | bool = "auto"
+) -> engine.RunResult:
+    """Train a multi-label model; write ``model.pt`` and the ``predict_split`` predictions."""
     if config.task != "multilabel":
-        raise ValueError("fit() trains task=multilabel; use screening.train_ensemble")
-    out = Path(config.output_dir)
-    L.seed_everything(config.trainer.seed, workers=True)
-    engine.save_run_config(config, out)
-    cache = loading.open_cache(config.data)
-    train_records = loading.load_records(config.data, split=config.data.train_split, cache=cache)
-    val_records = loading.load_records(config.data, split=config.data.val_split, cache=cache)
+        raise ValueError("fit_multilabel() trains task=multilabel; use screening.fit_ensemble")
+    data = config.data
+    splits = (data.train_split, data.val_split, config.predict_split)
+    run = engine.prepare_run(config, resume=resume, data=data, splits=splits)
+    out, cache = run.output_dir, run.cache
+    train_records, val_records = run.records[data.train_split], run.records[data.val_split]
     if not train_records:
-        raise DataError(
-            f"{config.data.manifest}: no record in split {config.data.train_split!r} to train on"
-        )
+        raise DataError(f"{data.manifest}: no record in split {data.train_split!r} to train on")
     has_val = bool(val_records)
     monitor = "val/loss" if has_val else "train/loss_epoch"
-    module = MultiTaskModule(config=config, monitor=monitor)
-    engine.apply_channels_last_and_compile(module.model, config.trainer)
-    train_loader = build_loader(
-        build_dataset(config=config, records=train_records, cache=cache, train=True),
-        config=config,
-        train=True,
-    )
-    val_loader = (
-        build_loader(
-            build_dataset(config=config, records=val_records, cache=cache),
-            config=config,
-            train=False,
-        )
-        if has_val
-        else None
-    )
+    module = MultiTaskModule(config=config, monitor=monitor, load_weights=not run.resuming)
     trainer = engine.build_trainer(
         config=config.trainer, output_dir=out, monitor="val/loss" if has_val else None, mode="min"
     )
-    engine.fit(
+    train_stage(
         trainer=trainer,
         module=module,
-        train_dataloaders=train_loader,
-        val_dataloaders=val_loader,
-        output_dir=out,
+        config=config,
+        train_records=train_records,
+        val_records=val_records,
+        cache=cache,
+        checkpoint=run.checkpoint,
     )
+    result = engine.RunResult(output_dir=out, checkpoint=engine.best_checkpoint(out))
     if not trainer.is_global_zero:
-        return out
-    best = _best_or_last(out) if has_val else None
+        return result
+    best = result.checkpoint if has_val else None
     if best is not None and best.name != engine.LAST_CHECKPOINT:
-        load_checkpoint_weights(module, best)
-    findings = [parse_finding(f)[0] for f in config.findings]
-    save_model(module.model, config, out / MODEL_FILE, findings=findings)
+        engine.load_checkpoint_weights(module, best)
+    findings = [parse_finding(f).name for f in config.findings]
+    model_path = save_model(module.model, config, out / MODEL_FILE, findings=findings)
+    result.artifacts["model"] = model_path
     split = config.predict_split
-    records = loading.load_records(config.data, split=split, cache=cache)
+    records = run.records[split]
     if records:
         path = write_split_predictions(
             module.model,
@@ -260,8 +275,47 @@ def fit(config: MultiTaskConfig) -> Path:
             records=records,
             cache=cache,
             path=out / f"predictions_{split}.csv",
+            device=config.trainer.accelerator,
         )
+        result.artifacts["predictions"] = path
         log.info("wrote %s (%d images)", path, len(records))
     else:
         log.warning("no record in split %r: no predictions written", split)
-    return out
+    return result
+
+
+def train_stage(
+    *,
+    trainer: L.Trainer,
+    module: MultiTaskModule,
+    config: MultiTaskConfig,
+    train_records: Sequence[Record],
+    val_records: Sequence[Record],
+    cache: Cache,
+    checkpoint: str | None,
+    disease: str | None = None,
+) -> None:
+    """Fit ``module`` on ``train_records`` (validated on ``val_records`` when there are any),
+    continuing from ``checkpoint`` when given; shared by multi-label runs and screening stages."""
+    engine.apply_channels_last_and_compile(module.model, config.trainer)
+    loaders = [
+        build_loader(
+            build_dataset(
+                config=config, records=records, cache=cache, disease=disease, train=train
+            ),
+            batch_size=config.data.batch_size,
+            num_workers=config.data.num_workers,
+            train=train,
+        )
+        if records
+        else None
+        for records, train in ((train_records, True), (val_records, False))
+    ]
+    engine.fit(
+        trainer=trainer,
+        module=module,
+        train_dataloaders=loaders[0],
+        val_dataloaders=loaders[1],
+        output_dir=trainer.default_root_dir,
+        resume=checkpoint or False,
+    )

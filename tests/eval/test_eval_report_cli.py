@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from cxrkit import cli as cxrkit_cli
+from cxrkit.cli.eval import register
 from cxrkit.data.records import Box, write_manifest
 from cxrkit.eval import report
-from cxrkit.eval.cli import register
 
 
 def test_formatting():
@@ -202,8 +202,7 @@ def test_views_file_and_tensorboard(tmp_path, record):
     assert list((d / "tb").glob("events.out.tfevents.*"))
 
 
-def test_errors_are_one_line_through_cxrkit_main(tmp_path, record, monkeypatch, capsys):
-    monkeypatch.setitem(cxrkit_cli.COMMANDS, "eval", "cxrkit.eval.cli")
+def test_errors_are_one_line_through_cxrkit_main(tmp_path, record, capsys):
     d = make_inputs(tmp_path, record)
     # the first two images lose their predictions
     pd.read_csv(d / "cls.csv", dtype={"image_id": str}).iloc[4:].to_csv(d / "part.csv", index=False)

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from cxrkit import cli
 from cxrkit.config import save
 from cxrkit.data.findings import expand_records
 from cxrkit.data.records import Record
 from cxrkit.eval import classification, views
+from cxrkit.eval.compare import COLUMNS, compare_models
 from cxrkit.eval.predictions import write_predictions
-from cxrkit.multitask.compare import COLUMNS, compare_models
 from cxrkit.multitask.config import MultiTaskConfig
 
 from .conftest import Phantoms
@@ -66,10 +65,7 @@ def test_kcr_table_equals_eval_results(phantoms: Phantoms) -> None:
     assert details["view_gaps"]["kind"] == "view_gaps"
 
 
-def test_compare_cli_uses_the_run_config_for_groups(
-    phantoms: Phantoms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(cli.COMMANDS, "multitask", "cxrkit.multitask.cli")
+def test_compare_cli_uses_the_run_config_for_groups(phantoms: Phantoms, tmp_path: Path) -> None:
     paths = []
     for k, noise in enumerate((2.0, 0.3)):
         run = tmp_path / f"model{k + 1}"

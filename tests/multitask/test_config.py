@@ -39,9 +39,12 @@ def test_kcr_configs_differ_only_by_the_decoder() -> None:
     bt = load(
         MultiTaskConfig,
         files=[CONFIGS / "kcr_model2.yaml"],
-        overrides=["encoder.init=barlow_twins", "encoder.weights=backbone.pth"],
+        overrides=["encoder.init=checkpoint", "encoder.weights=backbone.pth"],
     )
-    assert bt.encoder.init == "barlow_twins"
+    assert bt.encoder.init == "checkpoint"
+    # the old name fails before any work, naming the new one
+    with pytest.raises(ConfigError, match="barlow_twins is now encoder.init=checkpoint"):
+        load(MultiTaskConfig, overrides=["encoder.init=barlow_twins"])
     vindr = load(
         MultiTaskConfig,
         files=[CONFIGS / "kcr_model1.yaml"],

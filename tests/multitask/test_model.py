@@ -81,4 +81,4 @@ def test_missing_encoder_weights_say_how_to_provide_them(tmp_path: Path) -> None
     with pytest.raises(MissingFileError, match="encoder.weights"):
         build_encoder(name="resnet50", init="imagenet", weights=None)
     with pytest.raises(MissingFileError, match="backbone.pth"):
-        build_encoder(name="resnet50", init="barlow_twins", weights=tmp_path / "nope.pth")
+        build_encoder(name="resnet50", init="checkpoint", weights=tmp_path / "nope.pth")

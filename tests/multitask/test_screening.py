@@ -16,7 +16,8 @@ from cxrkit.data.records import read_manifest
 from cxrkit.errors import DataError
 from cxrkit.eval import screening as eval_screening
 from cxrkit.eval.predictions import read_predictions
-from cxrkit.multitask import screening, targets
+from cxrkit.multitask import ensemble as ensembles
+from cxrkit.multitask import screening, targets, train
 from cxrkit.multitask.config import MultiTaskConfig
 from cxrkit.multitask.model import build_from_config
 
@@ -80,7 +81,7 @@ def test_svm_threshold_reaches_the_target_sensitivity() -> None:
     rng = np.random.default_rng(0)
     y = np.array([0] * 30 + [1] * 30)
     features = np.c_[y + rng.normal(0, 0.8, 60), rng.normal(0, 1, 60)]
-    svm, threshold = screening.fit_svm(features, y, target_sensitivity=0.9, kernel="linear")
+    svm, threshold = ensembles.fit_svm(features, y, target_sensitivity=0.9, kernel="linear")
     scores = svm.decision_function(features)
     called = scores >= threshold
     assert called[y == 1].mean() >= 0.9
@@ -89,13 +90,13 @@ def test_svm_threshold_reaches_the_target_sensitivity() -> None:
     if above.size:
         assert (scores[y == 1] >= above[0]).mean() < 0.9
     with pytest.raises(DataError, match="normal and abnormal"):
-        screening.fit_svm(features, np.ones(60, dtype=int))
+        ensembles.fit_svm(features, np.ones(60, dtype=int))
 
 
-def _random_ensemble(config: MultiTaskConfig, records: list, cache) -> screening.Ensemble:
+def _random_ensemble(config: MultiTaskConfig, records: list, cache) -> ensembles.Ensemble:
     torch.manual_seed(0)
     members = [build_from_config(config, num_outputs=3).eval() for _ in config.screening.diseases]
-    ensemble = screening.Ensemble(
+    ensemble = ensembles.Ensemble(
         diseases=list(config.screening.diseases),
         members=members,
         svm=None,
@@ -103,14 +104,14 @@ def _random_ensemble(config: MultiTaskConfig, records: list, cache) -> screening
         target_sensitivity=0.9,
         config=config,
     )
-    _, feats = screening.member_features(ensemble, config=config, records=records, cache=cache)
+    _, feats = ensemble.features_of(records=records, cache=cache)
     y = np.array([targets.is_abnormal(r) for r in records])
-    ensemble.svm, ensemble.threshold = screening.fit_svm(feats, y, target_sensitivity=0.9)
+    ensemble.svm, ensemble.threshold = ensembles.fit_svm(feats, y, target_sensitivity=0.9)
     return ensemble
 
 
 def test_saved_ensemble_reloads_and_predicts_identically(
-    phantoms: Phantoms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    phantoms: Phantoms, tmp_path: Path
 ) -> None:
     config = _config(phantoms, tmp_path)
     cache = loading.open_cache(config.data)
@@ -122,7 +123,7 @@ def test_saved_ensemble_reloads_and_predicts_identically(
     paths = []
     for disease, model in zip(ensemble.diseases, ensemble.members, strict=True):
         paths.append(
-            screening.save_model(
+            train.save_model(
                 model,
                 config,
                 out / "members" / screening.member_slug(disease) / "member.pt",
@@ -132,13 +133,13 @@ def test_saved_ensemble_reloads_and_predicts_identically(
     ensemble.save(out, member_paths=paths)
     screening.write_risk_groups(config, out / screening.RISK_GROUPS_FILE)
 
-    loaded = screening.Ensemble.load(out)
+    loaded = ensembles.Ensemble.load(out)
     assert loaded.diseases == ensemble.diseases and loaded.threshold == ensemble.threshold
-    _, before = screening.member_features(ensemble, config=config, records=records, cache=cache)
-    _, after = screening.member_features(loaded, config=config, records=records, cache=cache)
+    _, before = ensemble.features_of(records=records, cache=cache)
+    _, after = loaded.features_of(records=records, cache=cache)
     np.testing.assert_array_equal(before, after)
     np.testing.assert_array_equal(ensemble.score(before), loaded.score(after))
-    doc = json.loads((out / screening.ENSEMBLE_FILE).read_text())
+    doc = json.loads((out / ensembles.ENSEMBLE_FILE).read_text())
     assert doc["features"][:3] == [
         "Pneumothorax:normal",
         "Pneumothorax:disease",
@@ -147,7 +148,6 @@ def test_saved_ensemble_reloads_and_predicts_identically(
     assert doc["members"][1]["checkpoint"] == "members/Nodule_Mass/member.pt"
 
     # `screen` writes what `cxrkit eval screening` reads, with the ensemble's risk groups
-    monkeypatch.setitem(cli.COMMANDS, "multitask", "cxrkit.multitask.cli")
     preds = tmp_path / "screen.csv"
     rc = cli.main(
         [
@@ -185,7 +185,7 @@ def test_saved_ensemble_reloads_and_predicts_identically(
     member = out / "members" / "Effusion" / "member.pt"
     member.write_bytes(member.read_bytes() + b"\0")
     with pytest.raises(DataError, match="checksum"):
-        screening.Ensemble.load(out)
+        ensembles.Ensemble.load(out)
 
 
 def test_svm_file_with_untrusted_types_is_refused(tmp_path: Path) -> None:
@@ -197,8 +197,8 @@ def test_svm_file_with_untrusted_types_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "ensemble"
     out.mkdir()
     # operator.attrgetter is a callable skops does not trust: loading it is refused up front
-    sio.dump(FunctionTransformer(func=operator.attrgetter("x")), out / screening.SVM_FILE)
-    (out / screening.ENSEMBLE_FILE).write_text(
+    sio.dump(FunctionTransformer(func=operator.attrgetter("x")), out / ensembles.SVM_FILE)
+    (out / ensembles.ENSEMBLE_FILE).write_text(
         json.dumps(
             {
                 "members": [{"disease": "Effusion", "checkpoint": "member.pt"}],
@@ -208,14 +208,12 @@ def test_svm_file_with_untrusted_types_is_refused(tmp_path: Path) -> None:
         )
     )
     with pytest.raises(DataError, match="untrusted"):
-        screening.Ensemble.load(out)
+        ensembles.Ensemble.load(out)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_trained_ensemble_separates_normal_from_abnormal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_trained_ensemble_separates_normal_from_abnormal(tmp_path: Path) -> None:
     """The whole pipeline on phantoms with large lesions (64 px hides small nodules): three members
     trained through both stages on 144 images (the weak stage at a fine-tuning lr), a linear SVM
     fitted on 48 validation images (too few for an RBF kernel), then 168 held-out images screened
@@ -229,7 +227,6 @@ def test_trained_ensemble_separates_normal_from_abnormal(
         keys=("consolidation", "pneumothorax", "effusion"),
         fractions=(0.4, 0.4 / 3),
     )
-    monkeypatch.setitem(cli.COMMANDS, "multitask", "cxrkit.multitask.cli")
     out = tmp_path / "run"
     rc = cli.main(
         [

@@ -1,4 +1,4 @@
-"""The KCR table: Model 1 vs Model 2 on one manifest, through :mod:`cxrkit.eval`.
+"""The KCR table: Model 1 vs Model 2 on one manifest, from the metrics of this package.
 
 One row per finding and one for the mean over findings, with both models' AUROC, the difference and
 its p-value (DeLong per finding, patient bootstrap for the mean;
@@ -6,24 +6,24 @@ its p-value (DeLong per finding, patient bootstrap for the mean;
 AP - PA and its p-value, and the change of the gap from Model 1 to Model 2 with its p-value
 (:func:`cxrkit.eval.views.evaluate`). No metric is computed here.
 
-Findings given as groups (``"Nodule/Mass=Nodule|Mass"``) are scored against a label derived from
-the records: 1 if any member is 1, 0 if every labelled member is 0 (as the datasets do).
+Findings given as groups (``"Nodule/Mass=Nodule|Mass"``, as a training config lists them, or
+carried by the predictions' ``members`` column) are scored against a label derived from the
+records: 1 if any member is 1, 0 if every labelled member is 0 (:mod:`cxrkit.data.findings`, as the
+datasets do).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cxrkit.data.findings import expand_records
-from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
+from cxrkit.io import atomic_write
 
 COLUMNS = (
     "finding",
@@ -116,45 +116,22 @@ def compare_models(
     """
     from cxrkit.eval import classification, views
 
-    names = None
-    if findings is not None:
-        records = expand_records(records, findings)
-        names = [parse_finding(f)[0] for f in findings]
-    comparison = classification.compare(
-        predictions_model1,
-        predictions_model2,
-        records,
-        findings=names,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-        allow_missing=allow_missing,
-    )
-    gaps = views.evaluate(
-        predictions_model1,
-        records,
-        predictions_b=predictions_model2,
-        findings=names,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-        allow_missing=allow_missing,
-    )
+    settings = {
+        "findings": findings,
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+        "allow_missing": allow_missing,
+    }
+    comparison = classification.compare(predictions_model1, predictions_model2, records, **settings)
+    gaps = views.evaluate(predictions_model1, records, predictions_b=predictions_model2, **settings)
     return kcr_table(comparison, gaps), {"comparison": comparison, "view_gaps": gaps}
 
 
 def write_table(table: pd.DataFrame, details: dict[str, Any], path: str | Path) -> Path:
     """Write the table as CSV at ``path`` and the raw results beside it (``.json``), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for target, write in (
-        (path, lambda p: table.to_csv(p, index=False, float_format="%.4f")),
-        (
-            path.with_suffix(".json"),
-            lambda p: p.write_text(json.dumps(details, indent=2, default=_json_default)),
-        ),
-    ):
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        write(tmp)
-        os.replace(tmp, target)
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))
+    atomic_write(path.with_suffix(".json"), json.dumps(details, indent=2, default=_json_default))
     return path
 
 
