@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from argparse import Namespace
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,9 +83,7 @@ class JsonMetricsLogger(Logger):
         return str(self._path.parent)
 
     @rank_zero_only
-    def log_hyperparams(
-        self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any
-    ) -> None:
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         # The resolved config lives in config.yaml and in every checkpoint; nothing to add here.
         return None
 
