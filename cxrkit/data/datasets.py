@@ -120,11 +120,25 @@ class _Packed:
         return pickle.loads(self._buffer[start : int(self._ends[index])].tobytes())
 
 
-def _parse_groups(entries: Sequence[str], *, what: str) -> list[findings_mod.Finding]:
+def _parse_groups(entries: Sequence[str], *, owner: str, what: str) -> list[findings_mod.Finding]:
+    """The finding groups of ``owner``'s argument ``what`` (``findings`` or ``classes``).
+
+    Raises:
+        ConfigError: an empty or unparsable list, naming ``owner`` and ``what``.
+    """
     try:
-        return findings_mod.parse_all(entries, what=what)
+        groups = findings_mod.parse_all(entries, what=f"{owner} {what}")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if not groups:
+        raise ConfigError(f"{owner}: {what} is empty")
+    return groups
+
+
+def _check_names(names: Sequence[str], *, owner: str, what: str) -> None:
+    # a bare string is a Sequence too: "Nodule" would read as N, o, d, u, l, e
+    if isinstance(names, str):
+        raise ConfigError(f"{owner}: {what} must be a list, got {names!r}")
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -280,11 +294,8 @@ class ClassificationDataset(_CacheDataset):
         augment: A.Compose | None = None,
     ) -> None:
         super().__init__(records=records, cache=cache, name="ClassificationDataset")
-        groups = _parse_groups(findings, what="ClassificationDataset findings")
-        if not groups:
-            raise ConfigError("ClassificationDataset: findings is empty")
-        if isinstance(masks, str):
-            raise ConfigError(f"ClassificationDataset: masks must be a list, got {masks!r}")
+        groups = _parse_groups(findings, owner="ClassificationDataset", what="findings")
+        _check_names(masks, owner="ClassificationDataset", what="masks")
         self.findings = [name for name, _ in groups]
         self.masks = list(masks)
         self.augment = augment
@@ -395,11 +406,8 @@ class DetectionDataset(_CacheDataset):
         ignore: Sequence[str] = (),
     ) -> None:
         super().__init__(records=records, cache=cache, name="DetectionDataset")
-        groups = _parse_groups(classes, what="DetectionDataset classes")
-        if not groups:
-            raise ConfigError("DetectionDataset: classes is empty")
-        if isinstance(ignore, str):
-            raise ConfigError(f"DetectionDataset: ignore must be a list, got {ignore!r}")
+        groups = _parse_groups(classes, owner="DetectionDataset", what="classes")
+        _check_names(ignore, owner="DetectionDataset", what="ignore")
         label_of: dict[str, int] = {}
         for i, (_, members) in enumerate(groups):
             for member in members:

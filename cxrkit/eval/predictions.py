@@ -128,6 +128,22 @@ def _refuse_rows(
         raise DataError(f"{source}: {problem} at {_examples(_row_names(df, bad, csv=csv_lines))}")
 
 
+def _droppable_rows(df: pd.DataFrame, *, kind: str) -> list[tuple[str, np.ndarray, str]]:
+    """The row problems ``allow_missing`` drops instead of raising, in the order they are checked:
+    ``(issue name, row mask, message)``."""
+    problems = [
+        ("nan_scores", ~np.isfinite(df["score"].to_numpy()), "rows have a NaN or infinite score")
+    ]
+    if kind == "detection":
+        xyxy = df[["x1", "y1", "x2", "y2"]].to_numpy()
+        finite = np.isfinite(xyxy).all(axis=1)
+        with np.errstate(invalid="ignore"):
+            ordered = (xyxy[:, 0] < xyxy[:, 2]) & (xyxy[:, 1] < xyxy[:, 3])
+        message = "rows have a non-finite, empty or inverted box (needs x1 < x2, y1 < y2)"
+        problems.append(("invalid_boxes", ~(finite & ordered), message))
+    return problems
+
+
 def validate_predictions(
     df: pd.DataFrame,
     *,
@@ -192,31 +208,17 @@ def validate_predictions(
         df[name] = numeric.astype("float64")
 
     drop = np.zeros(len(df), dtype=bool)
-    nan_score = ~np.isfinite(df["score"].to_numpy())
-    report_or_raise(
-        issues,
-        "nan_scores",
-        _row_names(df, nan_score, csv=csv_lines),
-        message="rows have a NaN or infinite score",
-        allow_missing=allow_missing,
-        source=source,
-    )
-    drop |= nan_score
-    if kind == "detection":
-        xyxy = df[["x1", "y1", "x2", "y2"]].to_numpy()
-        finite = np.isfinite(xyxy).all(axis=1)
-        with np.errstate(invalid="ignore"):
-            ordered = (xyxy[:, 0] < xyxy[:, 2]) & (xyxy[:, 1] < xyxy[:, 3])
-        bad_box = ~(finite & ordered) & ~drop
+    for name, bad, message in _droppable_rows(df, kind=kind):
+        bad &= ~drop  # a row is reported under its first problem only
         report_or_raise(
             issues,
-            "invalid_boxes",
-            _row_names(df, bad_box, csv=csv_lines),
-            message="rows have a non-finite, empty or inverted box (needs x1 < x2, y1 < y2)",
+            name,
+            _row_names(df, bad, csv=csv_lines),
+            message=message,
             allow_missing=allow_missing,
             source=source,
         )
-        drop |= bad_box
+        drop |= bad
     df = df.loc[~drop].reset_index(drop=True)
 
     if kind in ("classification", "screening"):

@@ -168,6 +168,12 @@ def _screening_scores(
     return kept, np.array(y, dtype=np.int8), np.array(s, dtype=np.float64), issues, len(unlabelled)
 
 
+def _rate(value: float, *, hits: int, misses: int, level: float) -> dict[str, object]:
+    """A rate ``value`` = ``hits / (hits + misses)`` with its exact interval (None when the
+    denominator is 0)."""
+    return {"value": value, "ci": clopper_pearson(hits, hits + misses, level=level)}
+
+
 def _group_of(finding: str, lookup: Mapping[str, str]) -> str:
     return lookup.get(normalise(finding), OTHER_GROUP)
 
@@ -261,22 +267,10 @@ def evaluate(
             "ai_normal_ref_abnormal": m["fn"],
             "ai_abnormal_ref_normal": m["fp"],
             "ai_abnormal_ref_abnormal": m["tp"],
-            "sensitivity": {
-                "value": m["sensitivity"],
-                "ci": clopper_pearson(m["tp"], m["tp"] + m["fn"], level=level),
-            },
-            "specificity": {
-                "value": m["specificity"],
-                "ci": clopper_pearson(m["tn"], m["tn"] + m["fp"], level=level),
-            },
-            "ppv": {
-                "value": m["ppv"],
-                "ci": clopper_pearson(m["tp"], m["tp"] + m["fp"], level=level),
-            },
-            "npv": {
-                "value": m["npv"],
-                "ci": clopper_pearson(m["tn"], m["tn"] + m["fn"], level=level),
-            },
+            "sensitivity": _rate(m["sensitivity"], hits=m["tp"], misses=m["fn"], level=level),
+            "specificity": _rate(m["specificity"], hits=m["tn"], misses=m["fp"], level=level),
+            "ppv": _rate(m["ppv"], hits=m["tp"], misses=m["fp"], level=level),
+            "npv": _rate(m["npv"], hits=m["tn"], misses=m["fn"], level=level),
             "ai_normal_fraction": float(np.mean(s < t)),
             "risk_groups": by_group,
             "misses_by_most_severe_group": worst,

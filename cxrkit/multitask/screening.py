@@ -121,13 +121,12 @@ def _fit_stage(
     # Each stage is a run of its own (seeded, resumable from its last.ckpt), so a member trains
     # the same whichever members ran before it in this process.
     run = engine.prepare_run(dataclasses.replace(config, output_dir=str(output_dir)), resume=resume)
-    has_val = bool(val_records)
     module = MultiTaskModule(
         config=config,
         disease=disease,
         stage=stage,
         lr=settings.lr,
-        monitor="val/loss" if has_val else "train/loss_epoch",
+        monitor="val/loss" if val_records else "train/loss_epoch",
         load_weights=init_state is None and not run.resuming,
     )
     if init_state is not None:
@@ -135,21 +134,15 @@ def _fit_stage(
     if not records:
         log.warning("%s: no image for stage %r; stage skipped", parse_finding(disease).name, stage)
         return module
-    trainer = engine.build_trainer(
-        config=dataclasses.replace(config.trainer, max_steps=settings.max_steps),
-        output_dir=run.output_dir,
-        monitor="val/loss" if has_val else None,
-        mode="min",
-        max_epochs=settings.max_epochs,
-    )
     train_stage(
-        trainer=trainer,
         module=module,
         config=config,
+        trainer_config=dataclasses.replace(config.trainer, max_steps=settings.max_steps),
+        max_epochs=settings.max_epochs,
+        run=run,
         train_records=records,
         val_records=val_records,
         cache=cache,
-        checkpoint=run.checkpoint,
         disease=disease,
     )
     return module
@@ -190,32 +183,28 @@ def train_member(
             parse_finding(disease).name,
             "/".join(members),
         )
-    first = _fit_stage(
-        config=config,
-        disease=disease,
-        stage="hard",
-        settings=config.screening.hard,
-        records=hard,
-        val_records=val_records,
-        cache=cache,
-        output_dir=output_dir / "hard",
-        init_state=None,
-        resume=resume,
-    )
-    second = _fit_stage(
-        config=config,
-        disease=disease,
-        stage="weak",
-        settings=config.screening.weak,
-        records=weak,
-        val_records=val_records,
-        cache=cache,
-        output_dir=output_dir / "weak",
-        init_state={k: v.detach().clone() for k, v in first.model.state_dict().items()},
-        resume=resume,
-    )
+    module: MultiTaskModule | None = None
+    for stage, settings, records in (
+        ("hard", config.screening.hard, hard),
+        ("weak", config.screening.weak, weak),
+    ):
+        init_state = None  # the weak stage starts from a copy of the hard stage's weights
+        if module is not None:
+            init_state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+        module = _fit_stage(
+            config=config,
+            disease=disease,
+            stage=stage,
+            settings=settings,
+            records=records,
+            val_records=val_records,
+            cache=cache,
+            output_dir=output_dir / stage,
+            init_state=init_state,
+            resume=resume,
+        )
     if rank_zero_only.rank == 0:
-        save_model(second.model, config, final, disease=disease)
+        save_model(module.model, config, final, disease=disease)
     return final
 
 

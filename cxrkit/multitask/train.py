@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxrkit import engine, io
-from cxrkit.config import to_dict
+from cxrkit.config import TrainerConfig, to_dict
 from cxrkit.data import augmentation, datasets
 from cxrkit.data.cache import Cache
 from cxrkit.data.findings import parse as parse_finding
@@ -245,17 +245,14 @@ def fit_multilabel(
     has_val = bool(val_records)
     monitor = "val/loss" if has_val else "train/loss_epoch"
     module = MultiTaskModule(config=config, monitor=monitor, load_weights=not run.resuming)
-    trainer = engine.build_trainer(
-        config=config.trainer, output_dir=out, monitor="val/loss" if has_val else None, mode="min"
-    )
-    train_stage(
-        trainer=trainer,
+    trainer = train_stage(
         module=module,
         config=config,
+        trainer_config=config.trainer,
+        run=run,
         train_records=train_records,
         val_records=val_records,
         cache=cache,
-        checkpoint=run.checkpoint,
     )
     result = engine.RunResult(output_dir=out, checkpoint=engine.best_checkpoint(out))
     if not trainer.is_global_zero:
@@ -286,17 +283,29 @@ def fit_multilabel(
 
 def train_stage(
     *,
-    trainer: L.Trainer,
     module: MultiTaskModule,
     config: MultiTaskConfig,
+    trainer_config: TrainerConfig,
+    run: engine.Run,
     train_records: Sequence[Record],
     val_records: Sequence[Record],
     cache: Cache,
-    checkpoint: str | None,
     disease: str | None = None,
-) -> None:
-    """Fit ``module`` on ``train_records`` (validated on ``val_records`` when there are any),
-    continuing from ``checkpoint`` when given; shared by multi-label runs and screening stages."""
+    max_epochs: int | None = None,
+) -> L.Trainer:
+    """Fit ``module`` on ``train_records`` in ``run.output_dir`` and return the trainer; shared by
+    multi-label runs and screening stages.
+
+    The trainer (``trainer_config``, ``max_epochs``) keeps the best ``val/loss`` checkpoint when
+    there are ``val_records`` to validate on; the run continues from ``run.checkpoint`` when set.
+    """
+    trainer = engine.build_trainer(
+        config=trainer_config,
+        output_dir=run.output_dir,
+        monitor="val/loss" if val_records else None,
+        mode="min",
+        max_epochs=max_epochs,
+    )
     engine.apply_channels_last_and_compile(module.model, config.trainer)
     loaders = [
         build_loader(
@@ -317,5 +326,6 @@ def train_stage(
         train_dataloaders=loaders[0],
         val_dataloaders=loaders[1],
         output_dir=trainer.default_root_dir,
-        resume=checkpoint or False,
+        resume=run.checkpoint or False,
     )
+    return trainer

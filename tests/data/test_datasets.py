@@ -232,6 +232,14 @@ def test_finding_groups(built):
         datasets.ClassificationDataset(records=records, cache=cache, findings=["X=A|"])
     with pytest.raises(ConfigError, match="listed twice"):
         datasets.ClassificationDataset(records=records, cache=cache, findings=["Mass", "Mass"])
+    with pytest.raises(ConfigError, match="^ClassificationDataset: findings is empty$"):
+        datasets.ClassificationDataset(records=records, cache=cache, findings=[])
+    with pytest.raises(ConfigError, match="ClassificationDataset: masks must be a list"):
+        datasets.ClassificationDataset(records=records, cache=cache, findings=group, masks="lung")
+    with pytest.raises(ConfigError, match="^DetectionDataset: classes is empty$"):
+        datasets.DetectionDataset(records=records, cache=cache, classes=[])
+    with pytest.raises(ConfigError, match="DetectionDataset: ignore must be a list"):
+        datasets.DetectionDataset(records=records, cache=cache, classes=group, ignore="Effusion")
 
 
 def test_detection_class_groups_and_ignore(built):

@@ -108,6 +108,24 @@ def test_invalid_boxes_are_an_error_or_dropped():
     assert issues.counts == {"invalid_boxes": 2}
 
 
+def test_a_row_is_dropped_under_its_first_problem_only():
+    df = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"],
+            "finding": ["N"] * 3,
+            "score": [np.nan, 0.2, 0.3],
+            "x1": [5.0, 5.0, 0.0],
+            "y1": [0.0, 0.0, 0.0],
+            "x2": [1.0, 1.0, 1.0],
+            "y2": [1.0, 1.0, 1.0],
+        }
+    )
+    clean, issues = validate_predictions(df, kind="detection", allow_missing=True)
+    assert clean["image_id"].tolist() == ["c"]
+    assert issues.counts == {"nan_scores": 1, "invalid_boxes": 1}
+    assert issues.examples == {"nan_scores": ["row 0"], "invalid_boxes": ["row 1"]}
+
+
 def test_screening_accepts_two_or_three_columns():
     two = pd.DataFrame({"image_id": ["a", "b"], "score": [0.2, 0.8]})
     three = two.assign(finding="abnormal")

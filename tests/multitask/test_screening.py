@@ -77,6 +77,39 @@ def test_weak_stage_freezes_the_decoder(phantoms: Phantoms, tmp_path: Path) -> N
     assert all(not p.requires_grad for p in module.model.decoder.parameters())
 
 
+def test_member_trains_the_weak_stage_from_the_hard_stage_weights(
+    phantoms: Phantoms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    config = _config(phantoms, tmp_path, "screening.hard.max_steps=1", "screening.weak.max_steps=1")
+    cache = loading.open_cache(config.data)
+    train = [r for r in phantoms.records if r.split == "train"]
+    fit_stage, stages = screening._fit_stage, []
+
+    def spy(**kwargs: object) -> object:
+        module = fit_stage(**kwargs)
+        final = {k: v.clone() for k, v in module.model.state_dict().items()}
+        stages.append((kwargs["stage"], kwargs["init_state"], final))
+        return module
+
+    monkeypatch.setattr(screening, "_fit_stage", spy)
+    path = screening.train_member(
+        config=config,
+        disease="Effusion",
+        train_records=train,
+        val_records=[],
+        cache=cache,
+        output_dir=tmp_path / "member",
+    )
+    assert path == tmp_path / "member" / screening.MEMBER_FILE and path.is_file()
+    assert [stage for stage, _, _ in stages] == ["hard", "weak"]
+    (_, hard_init, hard_final), (_, weak_init, _) = stages
+    assert hard_init is None
+    assert weak_init.keys() == hard_final.keys()
+    for k in hard_final:
+        assert torch.equal(weak_init[k], hard_final[k]), k
+
+
 def test_svm_threshold_reaches_the_target_sensitivity() -> None:
     rng = np.random.default_rng(0)
     y = np.array([0] * 30 + [1] * 30)
