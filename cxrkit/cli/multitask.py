@@ -11,8 +11,8 @@ from typing import Any
 
 from cxrkit.cli.common import (
     add_command,
-    add_inference_arguments,
     add_run_arguments,
+    inference_parser,
     load_config,
     run_args,
     sub_parser,
@@ -72,12 +72,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    stray = [w for w in args.args if "=" not in w and not w.startswith("-")]
-    if stray:
-        raise ConfigError(
-            f"{stray[0]!r} is neither key=value nor an action (predict, screen, compare)"
-        )
-    run = run_args(args, form="multitask", example=EXAMPLE_CONFIG, subcommands=tuple(ACTIONS))
+    run = run_args(
+        args,
+        form="multitask",
+        example=EXAMPLE_CONFIG,
+        subcommands=tuple(ACTIONS),
+        second_form="an action",
+    )
     from cxrkit import multitask
 
     result = multitask.fit(load_config(multitask.Config, run), resume=run.resume)
@@ -85,13 +86,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inference_parser(
-    prog: str, *, description: str, epilog: str, flag: str, what: str
-) -> argparse.ArgumentParser:
-    parser = sub_parser(prog, description=description, epilog=epilog)
-    add_inference_arguments(parser, model_help=what, model_flag=flag, data_required=True)
-    parser.add_argument("--out", required=True, help="predictions file (.csv or .parquet)")
-    return parser
+PREDICTIONS_HELP = "predictions file (.csv or .parquet)"
 
 
 def _for_inference(config: Any, ns: argparse.Namespace) -> Any:
@@ -121,13 +116,14 @@ def _records(config: Any, ns: argparse.Namespace) -> tuple[Any, list]:
 
 
 def _predict(argv: Sequence[str]) -> int:
-    parser = _inference_parser(
+    parser = inference_parser(
         "cxrkit multitask predict",
         description="Score a manifest split with a trained multi-label model (model.pt).",
         epilog="example:\n  cxrkit multitask predict --model runs/multitask/kcr_model2/model.pt "
         "\\\n      --manifest nih.parquet --cache cache256 --split test --out model2_test.csv",
-        flag="--model",
-        what="model.pt written by training",
+        model_help="model.pt written by training",
+        out_help=PREDICTIONS_HELP,
+        data_required=True,
     )
     ns = parser.parse_args(list(argv))
     from cxrkit.multitask import train
@@ -145,7 +141,7 @@ def _predict(argv: Sequence[str]) -> int:
 
 
 def _screen(argv: Sequence[str]) -> int:
-    parser = _inference_parser(
+    parser = inference_parser(
         "cxrkit multitask screen",
         description="Run the screening ensemble (members + SVM) on a manifest split; writes "
         "image_id, score (SVM decision value; abnormal when score >= the ensemble's threshold).",
@@ -154,8 +150,10 @@ def _screen(argv: Sequence[str]) -> int:
         "  cxrkit eval screening --predictions screening_test.csv --manifest m.parquet \\\n"
         "      --split test --risk-groups runs/multitask/screening/risk_groups.yaml \\\n"
         "      --threshold THRESHOLD_FROM_ensemble.json --out reports/screening",
-        flag="--ensemble",
-        what="ensemble directory (ensemble.json)",
+        model_help="ensemble directory (ensemble.json)",
+        out_help=PREDICTIONS_HELP,
+        model_flag="--ensemble",
+        data_required=True,
     )
     ns = parser.parse_args(list(argv))
     from cxrkit.multitask import Ensemble
