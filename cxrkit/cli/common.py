@@ -69,6 +69,29 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, words: str) -> None:
     )
 
 
+def add_training_command(
+    subparsers: Any,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    epilog: str,
+    words: str,
+    func: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    """A training command (module docstring): :func:`add_command` with :func:`add_run_arguments`,
+    run by ``func``.
+
+    Args:
+        words: the metavar of the remaining words (:func:`add_run_arguments`).
+        func: the handler of the parsed arguments, usually one that calls :func:`dispatch`.
+    """
+    parser = add_command(subparsers, name, help=help, description=description, epilog=epilog)
+    add_run_arguments(parser, words=words)
+    parser.set_defaults(func=func)
+    return parser
+
+
 @dataclass(frozen=True)
 class RunArgs:
     """The parsed training form: config files, overrides and the resume choice."""

@@ -70,16 +70,16 @@ MODEL_HELP = "OUTPUT_DIR/detector.pt or a finetune checkpoint (.ckpt)"
 
 def register(subparsers: Any) -> None:
     """Add ``cxrkit finetune`` (with its ``predict`` and ``cam`` forms) to the CLI."""
-    parser = common.add_command(
+    common.add_training_command(
         subparsers,
         "finetune",
         help="train the Faster R-CNN localizer; `finetune predict`, `finetune cam`",
         description="Train the Faster R-CNN + FPN abnormality localizer (stage two), or run "
         "`cxrkit finetune predict ...` / `cxrkit finetune cam ...` with a trained detector.",
         epilog=TRAIN_EPILOG,
+        words="key=value | predict ... | cam ...",
+        func=_dispatch,
     )
-    common.add_run_arguments(parser, words="key=value | predict ... | cam ...")
-    parser.set_defaults(func=_dispatch)
 
 
 def predict_parser() -> argparse.ArgumentParser:

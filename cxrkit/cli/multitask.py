@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrkit.cli.common import (
-    add_command,
-    add_run_arguments,
+    add_training_command,
     inference_parser,
     load_config,
     run_args,
@@ -50,16 +49,16 @@ EXAMPLE_CONFIG = "configs/multitask/kcr_model1.yaml"
 
 def register(subparsers: Any) -> None:
     """Add ``cxrkit multitask`` to the top-level subcommands."""
-    parser = add_command(
+    add_training_command(
         subparsers,
         "multitask",
         help="multi-task models: KCR Model 1/2, Guendel, the screening ensemble",
         description="Train a multi-task experiment from a config (key=value overrides follow it), "
         "or run one of the actions predict, screen, compare (each has its own --help).",
         epilog=EXAMPLES,
+        words="key=value | ACTION ...",
+        func=main,
     )
-    add_run_arguments(parser, words="key=value | ACTION ...")
-    parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -71,16 +71,16 @@ EXAMPLE = "configs/pretrain/barlow_twins_nih.yaml"
 
 def register(subparsers: Any) -> None:
     """Add ``cxrkit pretrain`` (with its ``linear-eval`` and ``export`` forms) to the CLI."""
-    parser = common.add_command(
+    common.add_training_command(
         subparsers,
         "pretrain",
         help="Barlow Twins pretraining of ResNet-50; `pretrain linear-eval`, `pretrain export`",
         description="Pretrain a ResNet-50 with Barlow Twins on unlabeled chest X-rays (stage one), "
         "or run `cxrkit pretrain linear-eval ...` / `cxrkit pretrain export ...`.",
         epilog=TRAIN_EPILOG,
+        words="key=value | linear-eval ... | export ...",
+        func=_dispatch,
     )
-    common.add_run_arguments(parser, words="key=value | linear-eval ... | export ...")
-    parser.set_defaults(func=_dispatch)
 
 
 def linear_eval_parser() -> argparse.ArgumentParser:
