@@ -14,12 +14,15 @@ what to write instead.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cxrkit.errors import ConfigError
+
+Handler = Callable[[argparse.Namespace], int]
 
 RESUME_HELP = "auto (continue from OUTPUT_DIR/checkpoints/last.ckpt if present), never, or a .ckpt"
 
@@ -77,18 +80,28 @@ def add_training_command(
     description: str,
     epilog: str,
     words: str,
-    func: Callable[[argparse.Namespace], int],
+    train: Handler,
+    subcommands: Mapping[str, tuple[Callable[[], argparse.ArgumentParser], Handler]] | None = None,
+    misplaced_config: str = "",
 ) -> argparse.ArgumentParser:
     """A training command (module docstring): :func:`add_command` with :func:`add_run_arguments`,
-    run by ``func``.
+    run by :func:`dispatch`.
 
     Args:
         words: the metavar of the remaining words (:func:`add_run_arguments`).
-        func: the handler of the parsed arguments, usually one that calls :func:`dispatch`.
+        train, subcommands, misplaced_config: as :func:`dispatch` takes them (no subcommands:
+            every word goes to ``train``).
     """
     parser = add_command(subparsers, name, help=help, description=description, epilog=epilog)
     add_run_arguments(parser, words=words)
-    parser.set_defaults(func=func)
+    parser.set_defaults(
+        func=functools.partial(
+            dispatch,
+            train=train,
+            subcommands=subcommands or {},
+            misplaced_config=misplaced_config,
+        )
+    )
     return parser
 
 
@@ -143,9 +156,6 @@ def run_args(
         raise ConfigError(f"give --config FILE (e.g. {example}; see `cxrkit {form} --help`)")
     resume = False if args.resume == "never" else args.resume
     return RunArgs(files=list(args.config), overrides=overrides, resume=resume)
-
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def dispatch(

@@ -78,7 +78,9 @@ def register(subparsers: Any) -> None:
         "`cxrkit finetune predict ...` / `cxrkit finetune cam ...` with a trained detector.",
         epilog=TRAIN_EPILOG,
         words="key=value | predict ... | cam ...",
-        func=_dispatch,
+        train=_train,
+        subcommands=SUBCOMMANDS,
+        misplaced_config="`finetune {name}` takes no --config; see its --help",
     )
 
 
@@ -119,15 +121,6 @@ def cam_parser() -> argparse.ArgumentParser:
         "--ablation-ratio", type=float, default=1.0, help="fraction of channels to ablate"
     )
     return parser
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    return common.dispatch(
-        args,
-        train=_train,
-        subcommands=SUBCOMMANDS,
-        misplaced_config="`finetune {name}` takes no --config; see its --help",
-    )
 
 
 def _train(args: argparse.Namespace) -> int:

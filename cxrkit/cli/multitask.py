@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
         "or run one of the actions predict, screen, compare (each has its own --help).",
         epilog=EXAMPLES,
         words="key=value | ACTION ...",
-        func=main,
+        train=main,
     )
 
 

@@ -79,7 +79,9 @@ def register(subparsers: Any) -> None:
         "or run `cxrkit pretrain linear-eval ...` / `cxrkit pretrain export ...`.",
         epilog=TRAIN_EPILOG,
         words="key=value | linear-eval ... | export ...",
-        func=_dispatch,
+        train=_train,
+        subcommands=SUBCOMMANDS,
+        misplaced_config="put --config after `pretrain {name}`; see its --help",
     )
 
 
@@ -103,15 +105,6 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="a pretrain .ckpt (or backbone.pth)")
     parser.add_argument("--out", required=True, help="output directory")
     return parser
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    return common.dispatch(
-        args,
-        train=_train,
-        subcommands=SUBCOMMANDS,
-        misplaced_config="put --config after `pretrain {name}`; see its --help",
-    )
 
 
 def _train(args: argparse.Namespace) -> int:
