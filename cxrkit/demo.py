@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +73,17 @@ QUICK = Plan(
     cam_images=2,
     ablation_ratio=0.02,
 )
-FULL = Plan(
+# The full mode keeps the quick mode's training resolution and detector batch.
+FULL = replace(
+    QUICK,
     n_vindr=400,
     n_nih=300,
     image_size=384,
-    cache_size=128,
     pretrain_steps=50,
     pretrain_batch=24,
     view_size=112,
     projector_dim=1024,
     detector_steps=200,
-    detector_batch=4,
     proposals=300,
     n_bootstrap=200,
     cam_images=4,

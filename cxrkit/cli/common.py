@@ -14,12 +14,15 @@ what to write instead.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cxrkit.errors import ConfigError
+
+Handler = Callable[[argparse.Namespace], int]
 
 RESUME_HELP = "auto (continue from OUTPUT_DIR/checkpoints/last.ckpt if present), never, or a .ckpt"
 
@@ -69,6 +72,39 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, words: str) -> None:
     )
 
 
+def add_training_command(
+    subparsers: Any,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    epilog: str,
+    words: str,
+    train: Handler,
+    subcommands: Mapping[str, tuple[Callable[[], argparse.ArgumentParser], Handler]] | None = None,
+    misplaced_config: str = "",
+) -> argparse.ArgumentParser:
+    """A training command (module docstring): :func:`add_command` with :func:`add_run_arguments`,
+    run by :func:`dispatch`.
+
+    Args:
+        words: the metavar of the remaining words (:func:`add_run_arguments`).
+        train, subcommands, misplaced_config: as :func:`dispatch` takes them (no subcommands:
+            every word goes to ``train``).
+    """
+    parser = add_command(subparsers, name, help=help, description=description, epilog=epilog)
+    add_run_arguments(parser, words=words)
+    parser.set_defaults(
+        func=functools.partial(
+            dispatch,
+            train=train,
+            subcommands=subcommands or {},
+            misplaced_config=misplaced_config,
+        )
+    )
+    return parser
+
+
 @dataclass(frozen=True)
 class RunArgs:
     """The parsed training form: config files, overrides and the resume choice."""
@@ -87,7 +123,12 @@ def subcommand(args: argparse.Namespace, names: Sequence[str]) -> tuple[str, lis
 
 
 def run_args(
-    args: argparse.Namespace, *, form: str, example: str, subcommands: Sequence[str] = ()
+    args: argparse.Namespace,
+    *,
+    form: str,
+    example: str,
+    subcommands: Sequence[str] = (),
+    second_form: str = "a subcommand",
 ) -> RunArgs:
     """Check and split the training form's words (module docstring).
 
@@ -95,6 +136,7 @@ def run_args(
         form: the command as typed, for messages (``"finetune"``).
         example: a config file to name when ``--config`` is missing.
         subcommands: the subcommand names, for the message about a stray word.
+        second_form: what the command calls its subcommands in that message (``"an action"``).
 
     Raises:
         ConfigError: an option after the overrides, a stray word, or no ``--config``.
@@ -108,12 +150,52 @@ def run_args(
         )
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        what = f"a subcommand ({', '.join(subcommands)})" if subcommands else "an option"
+        what = f"{second_form} ({', '.join(subcommands)})" if subcommands else "an option"
         raise ConfigError(f"{bad[0]!r} is neither key=value nor {what}")
     if not args.config:
         raise ConfigError(f"give --config FILE (e.g. {example}; see `cxrkit {form} --help`)")
     resume = False if args.resume == "never" else args.resume
     return RunArgs(files=list(args.config), overrides=overrides, resume=resume)
+
+
+def dispatch(
+    args: argparse.Namespace,
+    *,
+    train: Handler,
+    subcommands: Mapping[str, tuple[Callable[[], argparse.ArgumentParser], Handler]],
+    misplaced_config: str,
+) -> int:
+    """Run a training command's form: its subcommand when the words start with one, else training.
+
+    A subcommand parses its own words with its own parser, so a ``--config`` given before the
+    subcommand's name belongs to no form: it fails with ``misplaced_config``.
+
+    Args:
+        train: the handler of the training form (it checks its words with :func:`run_args`).
+        subcommands: name -> (the subcommand's parser factory, its handler).
+        misplaced_config: the message for ``--config`` before a subcommand; ``{name}`` is
+            replaced by the subcommand's name.
+
+    Raises:
+        ConfigError: ``--config`` before a subcommand.
+    """
+    found = subcommand(args, tuple(subcommands))
+    if found is None:
+        return train(args)
+    name, words = found
+    if args.config:
+        raise ConfigError(misplaced_config.format(name=name))
+    parser, handler = subcommands[name]
+    return handler(parser().parse_args(words))
+
+
+def options(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The parsed options ``names`` as keyword arguments of the same names.
+
+    For a handler that forwards options whose ``dest`` is already the library's keyword, so that
+    each name is written once (``**options(args, "seed", "on_error")``).
+    """
+    return {name: getattr(args, name) for name in names}
 
 
 def load_config(schema: type, run: RunArgs) -> Any:
@@ -156,3 +238,32 @@ def add_inference_arguments(
     parser.add_argument("--num-workers", type=int, default=None, help="loader worker processes")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def inference_parser(
+    prog: str,
+    *,
+    description: str,
+    epilog: str,
+    model_help: str,
+    out_help: str,
+    model_flag: str = "--model",
+    data_required: bool = False,
+    batch_size: int | None = None,
+) -> argparse.ArgumentParser:
+    """The parser of an inference form: :func:`sub_parser`, the inference options
+    (:func:`add_inference_arguments`, same arguments) and the required ``--out``.
+
+    Args:
+        out_help: what ``--out`` names (a predictions file, a folder of overlays).
+    """
+    parser = sub_parser(prog, description=description, epilog=epilog)
+    add_inference_arguments(
+        parser,
+        model_help=model_help,
+        model_flag=model_flag,
+        data_required=data_required,
+        batch_size=batch_size,
+    )
+    parser.add_argument("--out", required=True, help=out_help)
+    return parser

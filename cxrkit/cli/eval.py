@@ -12,9 +12,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from cxrkit.cli.common import add_command
+from cxrkit.cli.common import add_command, options
 from cxrkit.data.records import SPLITS, Record, read_manifest
 from cxrkit.errors import DataError
 
@@ -75,6 +75,11 @@ def _common(parser: argparse.ArgumentParser, *, n_bootstrap: int) -> None:
     )
     parser.add_argument("--run-dir", type=Path, help="also write TensorBoard scalars here")
     parser.add_argument("--step", type=int, default=0, help="TensorBoard step (default 0)")
+
+
+def _statistics(args: argparse.Namespace) -> dict[str, Any]:
+    """The interval and input-checking settings :func:`_common` declares, for ``evaluate``."""
+    return options(args, "n_bootstrap", "seed", "level", "allow_missing")
 
 
 def _csv_list(text: str | None) -> list[str] | None:
@@ -245,13 +250,7 @@ def run_classification(args: argparse.Namespace) -> int:
             other_splits=other_splits,
             issues=read_issues,
         )
-    settings = {
-        "findings": _csv_list(args.findings),
-        "n_bootstrap": args.n_bootstrap,
-        "seed": args.seed,
-        "level": args.level,
-        "allow_missing": args.allow_missing,
-    }
+    settings = {"findings": _csv_list(args.findings), **_statistics(args)}
     result = classification.evaluate(
         df,
         records,
@@ -278,15 +277,8 @@ def run_detection(args: argparse.Namespace) -> int:
         df,
         records,
         classes=_csv_list(args.classes),
-        voc_iou=args.voc_iou,
-        froc_iou=args.froc_iou,
-        max_dets=args.max_dets,
-        gt_reader=args.gt_reader,
-        fusion_iou=args.fusion_iou,
-        n_bootstrap=args.n_bootstrap,
-        seed=args.seed,
-        level=args.level,
-        allow_missing=args.allow_missing,
+        **options(args, "voc_iou", "froc_iou", "max_dets", "gt_reader", "fusion_iou"),
+        **_statistics(args),
     )
     mean = result["mean"]
     summary = [
@@ -307,10 +299,7 @@ def run_screening(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         target_sensitivity=args.target_sensitivity,
         risk_groups=groups,
-        n_bootstrap=args.n_bootstrap,
-        seed=args.seed,
-        level=args.level,
-        allow_missing=args.allow_missing,
+        **_statistics(args),
     )
     summary = [f"AUROC {report.fmt_estimate(result['auroc'])}"]
     for key, point in result["operating_points"].items():

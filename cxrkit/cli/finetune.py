@@ -13,7 +13,6 @@ import argparse
 from typing import Any
 
 from cxrkit.cli import common
-from cxrkit.errors import ConfigError
 
 TRAIN_EPILOG = """\
 examples:
@@ -65,33 +64,35 @@ OUT/cams.csv. Ablation-CAM runs one forward pass per batch of ablated channels: 
 --ablation-ratio 0.05 or --method gradcam / eigencam.
 """
 
-SUBCOMMANDS = ("predict", "cam")
 EXAMPLE = "configs/finetune/faster_rcnn_vindr.yaml"
 MODEL_HELP = "OUTPUT_DIR/detector.pt or a finetune checkpoint (.ckpt)"
 
 
 def register(subparsers: Any) -> None:
     """Add ``cxrkit finetune`` (with its ``predict`` and ``cam`` forms) to the CLI."""
-    parser = common.add_command(
+    common.add_training_command(
         subparsers,
         "finetune",
         help="train the Faster R-CNN localizer; `finetune predict`, `finetune cam`",
         description="Train the Faster R-CNN + FPN abnormality localizer (stage two), or run "
         "`cxrkit finetune predict ...` / `cxrkit finetune cam ...` with a trained detector.",
         epilog=TRAIN_EPILOG,
+        words="key=value | predict ... | cam ...",
+        train=_train,
+        subcommands=SUBCOMMANDS,
+        misplaced_config="`finetune {name}` takes no --config; see its --help",
     )
-    common.add_run_arguments(parser, words="key=value | predict ... | cam ...")
-    parser.set_defaults(func=_dispatch)
 
 
 def predict_parser() -> argparse.ArgumentParser:
-    parser = common.sub_parser(
+    parser = common.inference_parser(
         "cxrkit finetune predict",
         description="Run a trained detector over a split; write detections in original pixels.",
         epilog=PREDICT_EPILOG,
+        model_help=MODEL_HELP,
+        out_help="predictions file (.csv or .parquet)",
+        batch_size=8,
     )
-    common.add_inference_arguments(parser, model_help=MODEL_HELP, batch_size=8)
-    parser.add_argument("--out", required=True, help="predictions file (.csv or .parquet)")
     parser.add_argument("--submission", help="also write the Kaggle VinBigData submission CSV")
     parser.add_argument(
         "--score-thresh", type=float, default=None, help="drop detections below (default: model's)"
@@ -102,13 +103,14 @@ def predict_parser() -> argparse.ArgumentParser:
 def cam_parser() -> argparse.ArgumentParser:
     from cxrkit.finetune.cam import DEFAULT_LAYER, METHODS
 
-    parser = common.sub_parser(
+    parser = common.inference_parser(
         "cxrkit finetune cam",
         description="Class activation maps (pytorch-grad-cam) for each predicted box.",
         epilog=CAM_EPILOG,
+        model_help=MODEL_HELP,
+        out_help="output folder for the PNG overlays",
+        batch_size=8,
     )
-    common.add_inference_arguments(parser, model_help=MODEL_HELP, batch_size=8)
-    parser.add_argument("--out", required=True, help="output folder for the PNG overlays")
     parser.add_argument("--image-ids", help="comma-separated image ids (default: the split)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
     parser.add_argument("--method", choices=METHODS, default="ablation")
@@ -121,22 +123,10 @@ def cam_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    found = common.subcommand(args, SUBCOMMANDS)
-    if found is None:
-        return _train(args)
-    name, words = found
-    if args.config:
-        raise ConfigError(f"`finetune {name}` takes no --config; see its --help")
-    if name == "predict":
-        return _predict(predict_parser().parse_args(words))
-    return _cam(cam_parser().parse_args(words))
-
-
 def _train(args: argparse.Namespace) -> int:
     from cxrkit import finetune
 
-    run = common.run_args(args, form="finetune", example=EXAMPLE, subcommands=SUBCOMMANDS)
+    run = common.run_args(args, form="finetune", example=EXAMPLE, subcommands=tuple(SUBCOMMANDS))
     result = finetune.fit(common.load_config(finetune.Config, run), resume=run.resume)
     print(f"detector: {result.artifacts['detector']}")
     if result.checkpoint is not None:
@@ -197,3 +187,6 @@ def _cam(args: argparse.Namespace) -> int:
     )
     print(f"{len(index)} CAM overlays for {index['image_id'].nunique()} images in {args.out}")
     return 0
+
+
+SUBCOMMANDS = {"predict": (predict_parser, _predict), "cam": (cam_parser, _cam)}

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from cxrkit.cli.common import (
-    add_command,
-    add_inference_arguments,
-    add_run_arguments,
+    add_training_command,
+    inference_parser,
     load_config,
     run_args,
     sub_parser,
@@ -50,16 +49,16 @@ EXAMPLE_CONFIG = "configs/multitask/kcr_model1.yaml"
 
 def register(subparsers: Any) -> None:
     """Add ``cxrkit multitask`` to the top-level subcommands."""
-    parser = add_command(
+    add_training_command(
         subparsers,
         "multitask",
         help="multi-task models: KCR Model 1/2, Guendel, the screening ensemble",
         description="Train a multi-task experiment from a config (key=value overrides follow it), "
         "or run one of the actions predict, screen, compare (each has its own --help).",
         epilog=EXAMPLES,
+        words="key=value | ACTION ...",
+        train=main,
     )
-    add_run_arguments(parser, words="key=value | ACTION ...")
-    parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -72,12 +71,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    stray = [w for w in args.args if "=" not in w and not w.startswith("-")]
-    if stray:
-        raise ConfigError(
-            f"{stray[0]!r} is neither key=value nor an action (predict, screen, compare)"
-        )
-    run = run_args(args, form="multitask", example=EXAMPLE_CONFIG, subcommands=tuple(ACTIONS))
+    run = run_args(
+        args,
+        form="multitask",
+        example=EXAMPLE_CONFIG,
+        subcommands=tuple(ACTIONS),
+        second_form="an action",
+    )
     from cxrkit import multitask
 
     result = multitask.fit(load_config(multitask.Config, run), resume=run.resume)
@@ -85,13 +85,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inference_parser(
-    prog: str, *, description: str, epilog: str, flag: str, what: str
-) -> argparse.ArgumentParser:
-    parser = sub_parser(prog, description=description, epilog=epilog)
-    add_inference_arguments(parser, model_help=what, model_flag=flag, data_required=True)
-    parser.add_argument("--out", required=True, help="predictions file (.csv or .parquet)")
-    return parser
+PREDICTIONS_HELP = "predictions file (.csv or .parquet)"
 
 
 def _for_inference(config: Any, ns: argparse.Namespace) -> Any:
@@ -121,13 +115,14 @@ def _records(config: Any, ns: argparse.Namespace) -> tuple[Any, list]:
 
 
 def _predict(argv: Sequence[str]) -> int:
-    parser = _inference_parser(
+    parser = inference_parser(
         "cxrkit multitask predict",
         description="Score a manifest split with a trained multi-label model (model.pt).",
         epilog="example:\n  cxrkit multitask predict --model runs/multitask/kcr_model2/model.pt "
         "\\\n      --manifest nih.parquet --cache cache256 --split test --out model2_test.csv",
-        flag="--model",
-        what="model.pt written by training",
+        model_help="model.pt written by training",
+        out_help=PREDICTIONS_HELP,
+        data_required=True,
     )
     ns = parser.parse_args(list(argv))
     from cxrkit.multitask import train
@@ -145,7 +140,7 @@ def _predict(argv: Sequence[str]) -> int:
 
 
 def _screen(argv: Sequence[str]) -> int:
-    parser = _inference_parser(
+    parser = inference_parser(
         "cxrkit multitask screen",
         description="Run the screening ensemble (members + SVM) on a manifest split; writes "
         "image_id, score (SVM decision value; abnormal when score >= the ensemble's threshold).",
@@ -154,8 +149,10 @@ def _screen(argv: Sequence[str]) -> int:
         "  cxrkit eval screening --predictions screening_test.csv --manifest m.parquet \\\n"
         "      --split test --risk-groups runs/multitask/screening/risk_groups.yaml \\\n"
         "      --threshold THRESHOLD_FROM_ensemble.json --out reports/screening",
-        flag="--ensemble",
-        what="ensemble directory (ensemble.json)",
+        model_help="ensemble directory (ensemble.json)",
+        out_help=PREDICTIONS_HELP,
+        model_flag="--ensemble",
+        data_required=True,
     )
     ns = parser.parse_args(list(argv))
     from cxrkit.multitask import Ensemble

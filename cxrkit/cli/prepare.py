@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cxrkit.cli.common import add_command
+from cxrkit.cli.common import add_command, options
 from cxrkit.data import sources
 from cxrkit.data.sources.common import DEFAULT_FRACTIONS, ON_ERROR
 
@@ -192,11 +192,7 @@ def register(subparsers: Any) -> None:
 def prepare_nih(args: argparse.Namespace) -> int:
     """``cxrkit prepare nih``."""
     prepared = sources.prepare_nih(
-        root=args.root,
-        data_entry=args.data_entry,
-        bbox_list=args.bbox_list,
-        train_val_list=args.train_val_list,
-        test_list=args.test_list,
+        **options(args, "root", "data_entry", "bbox_list", "train_val_list", "test_list"),
         metadata_only=args.metadata_only,
         fractions=args.split_fractions,
         **_run_options(args),
@@ -210,10 +206,7 @@ def prepare_nih(args: argparse.Namespace) -> int:
 def prepare_vindr(args: argparse.Namespace) -> int:
     """``cxrkit prepare vindr``."""
     prepared = sources.prepare_vindr(
-        root=args.root,
-        layout=args.layout,
-        fractions=args.split_fractions,
-        **_run_options(args),
+        root=args.root, layout=args.layout, fractions=args.split_fractions, **_run_options(args)
     )
     return finish(prepared, args)
 
@@ -221,12 +214,8 @@ def prepare_vindr(args: argparse.Namespace) -> int:
 def prepare_chestxdet(args: argparse.Namespace) -> int:
     """``cxrkit prepare chestxdet``; masks go to ``<out_stem>_masks/`` unless ``--no-masks``."""
     prepared = sources.prepare_chestxdet(
-        root=args.root,
-        train_json=args.train_json,
-        test_json=args.test_json,
-        views=args.views,
+        **options(args, "root", "train_json", "test_json", "views", "metadata_only"),
         masks_dir=None if args.no_masks else sources.masks_dir_for(args.out),
-        metadata_only=args.metadata_only,
         **_run_options(args),
     )
     return finish(prepared, args)
@@ -237,23 +226,20 @@ def prepare_csv(args: argparse.Namespace) -> int:
     from cxrkit.data.sources import folder
 
     prepared = sources.prepare_csv(
-        root=args.root,
         csv_path=args.csv,
         boxes_path=args.boxes,
         columns=folder.parse_columns(args.column),
         label_columns=_split_list(args.label_columns),
         classes=_split_list(args.classes),
-        source=args.source,
         fractions=args.split_fractions,
-        seed=args.seed,
-        on_error=args.on_error,
+        **options(args, "root", "source", "seed", "on_error"),
     )
     return finish(prepared, args)
 
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options every source with an official split takes: val fraction, seed, on-error."""
-    return {"val_fraction": args.val_fraction, "seed": args.seed, "on_error": args.on_error}
+    return options(args, "val_fraction", "seed", "on_error")
 
 
 def _split_list(text: str | None) -> list[str] | None:

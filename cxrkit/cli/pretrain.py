@@ -13,7 +13,6 @@ import argparse
 from typing import Any
 
 from cxrkit.cli import common
-from cxrkit.errors import ConfigError
 
 TRAIN_EPILOG = """\
 examples:
@@ -67,22 +66,23 @@ Writes OUT/backbone.pth (loads with strict=True into torchvision.models.resnet50
 and OUT/backbone_d2.pkl (detectron2; config in configs/detectron2/).
 """
 
-SUBCOMMANDS = ("linear-eval", "export")
 EXAMPLE = "configs/pretrain/barlow_twins_nih.yaml"
 
 
 def register(subparsers: Any) -> None:
     """Add ``cxrkit pretrain`` (with its ``linear-eval`` and ``export`` forms) to the CLI."""
-    parser = common.add_command(
+    common.add_training_command(
         subparsers,
         "pretrain",
         help="Barlow Twins pretraining of ResNet-50; `pretrain linear-eval`, `pretrain export`",
         description="Pretrain a ResNet-50 with Barlow Twins on unlabeled chest X-rays (stage one), "
         "or run `cxrkit pretrain linear-eval ...` / `cxrkit pretrain export ...`.",
         epilog=TRAIN_EPILOG,
+        words="key=value | linear-eval ... | export ...",
+        train=_train,
+        subcommands=SUBCOMMANDS,
+        misplaced_config="put --config after `pretrain {name}`; see its --help",
     )
-    common.add_run_arguments(parser, words="key=value | linear-eval ... | export ...")
-    parser.set_defaults(func=_dispatch)
 
 
 def linear_eval_parser() -> argparse.ArgumentParser:
@@ -107,22 +107,10 @@ def export_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    found = common.subcommand(args, SUBCOMMANDS)
-    if found is None:
-        return _train(args)
-    name, words = found
-    if args.config:
-        raise ConfigError(f"put --config after `pretrain {name}`; see its --help")
-    if name == "linear-eval":
-        return _linear_eval(linear_eval_parser().parse_args(words))
-    return _export(export_parser().parse_args(words))
-
-
 def _train(args: argparse.Namespace) -> int:
     from cxrkit import pretrain
 
-    run = common.run_args(args, form="pretrain", example=EXAMPLE, subcommands=SUBCOMMANDS)
+    run = common.run_args(args, form="pretrain", example=EXAMPLE, subcommands=tuple(SUBCOMMANDS))
     result = pretrain.fit(common.load_config(pretrain.Config, run), resume=run.resume)
     print(f"backbone: {result.artifacts['backbone']}")
     print(f"detectron2: {result.artifacts['detectron2']}")
@@ -149,3 +137,9 @@ def _export(args: argparse.Namespace) -> int:
     pth, d2 = pretrain.export(checkpoint=args.checkpoint, out_dir=args.out)
     print(f"backbone: {pth}\ndetectron2: {d2}")
     return 0
+
+
+SUBCOMMANDS = {
+    "linear-eval": (linear_eval_parser, _linear_eval),
+    "export": (export_parser, _export),
+}

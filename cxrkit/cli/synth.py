@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrkit import synth
-from cxrkit.cli.common import add_command
+from cxrkit.cli.common import add_command, options
 
 EPILOG = """\
 example:
@@ -61,12 +61,7 @@ def run(args: argparse.Namespace) -> int:
     """Generate the phantoms and print one line per dataset."""
     summary = synth.generate(
         out_dir=args.out,
-        n=args.n,
-        size=args.size,
-        seed=args.seed,
-        abnormal_fraction=args.abnormal_fraction,
-        ap_fraction=args.ap_fraction,
-        workers=args.workers,
+        **options(args, "n", "size", "seed", "abnormal_fraction", "ap_fraction", "workers"),
         datasets=[d.strip() for d in args.datasets.split(",") if d.strip()],
     )
     for d in summary.datasets:

@@ -65,3 +65,55 @@ def test_inference_arguments() -> None:
     )
     with pytest.raises(SystemExit):
         strict.parse_args(["--ensemble", "e"])  # --manifest and --cache are required here
+
+
+def test_run_args_names_the_second_form_as_the_command_calls_it() -> None:
+    with pytest.raises(ConfigError, match=r"'scren' is neither key=value nor an action \(screen\)"):
+        common.run_args(
+            _parse(["--config", "a.yaml", "scren"]),
+            form="multitask",
+            example="e",
+            subcommands=("screen",),
+            second_form="an action",
+        )
+
+
+def test_dispatch_runs_training_or_the_named_subcommand() -> None:
+    def predict_parser() -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--model")
+        return parser
+
+    calls: list[tuple[str, object]] = []
+    subcommands = {"predict": (predict_parser, lambda ns: calls.append(("predict", ns.model)) or 3)}
+
+    def train(args: argparse.Namespace) -> int:
+        calls.append(("train", list(args.args)))
+        return 2
+
+    def run(words: list[str]) -> int:
+        return common.dispatch(
+            _parse(words), train=train, subcommands=subcommands, misplaced_config="`f {name}` no"
+        )
+
+    assert run(["--config", "a.yaml", "x=1"]) == 2
+    assert run(["predict", "--model", "m.pt"]) == 3
+    assert calls == [("train", ["x=1"]), ("predict", "m.pt")]
+    with pytest.raises(ConfigError, match="^`f predict` no$"):
+        run(["--config", "a.yaml", "predict", "--model", "m.pt"])
+
+
+def test_options_forwards_parsed_options_under_their_names() -> None:
+    args = argparse.Namespace(seed=3, on_error="skip", root="r")
+    assert common.options(args, "seed", "on_error") == {"seed": 3, "on_error": "skip"}
+    assert common.options(args) == {}
+
+
+def test_inference_parser_adds_out_after_the_inference_options() -> None:
+    parser = common.inference_parser(
+        "cxrkit x predict", description="d", epilog="", model_help="m", out_help="o"
+    )
+    ns = parser.parse_args(["--model", "m.pt", "--out", "p.csv", "--split", "val"])
+    assert (ns.model.name, ns.out, ns.split, ns.batch_size) == ("m.pt", "p.csv", "val", None)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m.pt"])  # --out is required

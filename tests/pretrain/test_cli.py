@@ -5,12 +5,16 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401  (see below)
 import pytest
 import torch
 import torchvision
 
 from cxrkit import cli
 
+# Lightning gives its loggers a handler on the sys.stderr of the moment it is imported; imported
+# first inside a handler under capsys, that is a stream pytest closes after the test, and the next
+# test's "Seed set to 0" would print a logging traceback into the stderr these tests check.
 TINY = str(Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny_pretrain.yaml")
 
 
@@ -39,6 +43,8 @@ def test_help_shows_worked_examples(argv, example, capsys):
     [
         (["pretrain"], "give --config FILE"),
         (["pretrain", "--config", "x.yaml", "lineareval"], "'lineareval' is neither key=value"),
+        (["pretrain", "--config", "x.yaml", "export"], "put --config after `pretrain export`"),
+        (["finetune", "--config", "x.yaml", "cam"], "`finetune cam` takes no --config"),
         (["pretrain", "--config", "missing.yaml"], "missing.yaml: config file not found"),
         (["pretrain", "--config", TINY, "model.depth=3"], "model.depth"),
         (["pretrain", "--config", TINY, "views.recipe=simclr"], "views.recipe must be one of"),
