@@ -23,6 +23,7 @@ from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 from pydicom.pixels import apply_voi_lut as pydicom_apply_voi_lut
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from cxrkit.data.limits import check_pixels
 from cxrkit.data.vocab import normalize_view
 from cxrkit.errors import DicomReadError
 
@@ -209,6 +210,9 @@ def read_dicom(
     if not any(tag in ds for tag in _PIXEL_TAGS):
         raise DicomReadError(f"{path}: no pixel data (is this a structured report or a header?)")
 
+    check_pixels(
+        int(meta["columns"] or 0), int(meta["rows"] or 0), path=path, error=DicomReadError
+    )  # before decoding: a header can claim any Rows x Columns
     stored = _decode_first_frame(ds, path)
     if stored.ndim == 3 and meta["samples_per_pixel"] == 3:
         # Colour secondary captures: pydicom converts YBR to RGB; LUTs do not apply to colour data.

@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxrkit.data.dicom import read_dicom, read_dicom_header
-from cxrkit.errors import ImageReadError
+from cxrkit.data.limits import check_pixels
+from cxrkit.errors import DicomReadError, ImageReadError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _DICOM_MAGIC_OFFSET = 128
@@ -86,6 +87,9 @@ def read_image(
         image, meta = read_dicom(path, apply_voi_lut=apply_voi_lut)
         return image, {"format": "dicom", "dtype": "float32", "channels": 1, **meta}
 
+    stated = _stated_size(path)
+    if stated is not None:  # checked before decoding: the header can claim any size
+        check_pixels(*stated, path=path)
     data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode also handles non-ASCII paths
     if data[:2].tobytes() == _JPEG_SOI and _JPEG_EOI not in data[-1024:].tobytes():
         # OpenCV decodes a truncated JPEG into a half-grey image with only a warning.
@@ -103,11 +107,35 @@ def read_image(
     return np.ascontiguousarray(image, dtype=np.float32), meta
 
 
+def _open_header(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header (Pillow parses only the header here).
+
+    Pillow's own bomb check is off for this call: its DecompressionBombError is no OSError and its
+    limit is not ours; :func:`cxrkit.data.limits.check_pixels` decides instead.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _stated_size(path: Path) -> tuple[int, int] | None:
+    """The header's size, or None when Pillow does not know the format (OpenCV may)."""
+    try:
+        return _open_header(path)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file, read from its header without decoding the pixels.
 
     Raises:
-        ImageReadError: missing, empty or unrecognised file (DicomReadError for DICOM).
+        ImageReadError: missing, empty or unrecognised file, or a size over the pixel limit
+            (:mod:`cxrkit.data.limits`); DicomReadError for DICOM.
     """
     path = Path(path)
     _check_file(path)
@@ -115,9 +143,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
         header = read_dicom_header(path)
         if not header["rows"] or not header["columns"]:
             raise ImageReadError(f"{path}: DICOM header has no Rows/Columns")
-        return int(header["columns"]), int(header["rows"])
+        width, height = int(header["columns"]), int(header["rows"])
+        check_pixels(width, height, path=path, error=DicomReadError)
+        return width, height
     try:
-        with Image.open(path) as im:  # lazy: parses the header only
-            return int(im.size[0]), int(im.size[1])
+        size = _open_header(path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
+    check_pixels(*size, path=path)
+    return size
