@@ -31,9 +31,21 @@ COMMANDS: dict[str, str] = {
 }
 
 
+EXIT_STATUS = """\
+exit status (every command):
+  0    the command did what was asked (with --on-error skip, skipped items are listed in the
+       errors CSV the command names, and do not change the status)
+  1    an error stopped it; one line on stderr names the file, row or key and the problem
+  2    the command line itself is wrong (unknown option, missing argument)
+  130  interrupted (Ctrl-C)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxrkit",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Chest X-ray toolkit: data preparation, pretraining, localisation, "
         "multi-task models and evaluation.",
     )
