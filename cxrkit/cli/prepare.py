@@ -115,8 +115,8 @@ def register(subparsers: Any) -> None:
     common.add_argument(
         "--on-error",
         choices=ON_ERROR,
-        default="raise",
-        help="raise: stop at the first bad row (default); skip: leave the image out and list it "
+        default="fail",
+        help="fail: stop at the first bad row (default); skip: leave the image out and list it "
         "in <out_stem>_errors.csv",
     )
 

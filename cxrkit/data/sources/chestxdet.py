@@ -253,11 +253,11 @@ def prepare_chestxdet(
     metadata_only: bool = False,
     val_fraction: float = 0.1,
     seed: int = 0,
-    on_error: str = "raise",
+    on_error: str = "fail",
 ) -> Prepared:
     """ChestX-Det as split records (``cxrkit prepare chestxdet``): its official train/test kept,
     ``val_fraction`` of the train patients moved to val. Other arguments: :func:`load_chestxdet`;
-    ``on_error``: ``"raise"`` or ``"skip"``."""
+    ``on_error``: ``"fail"`` or ``"skip"``."""
     from cxrkit.data import splits
 
     issues = Issues(on_error=on_error)

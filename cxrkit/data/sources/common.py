@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
-ON_ERROR = ("raise", "skip")
+ON_ERROR = ("fail", "skip")
 #: train,val,test fractions of images for sources without an official split
 DEFAULT_FRACTIONS = "0.8,0.1,0.1"
 
@@ -46,9 +46,9 @@ class Issue:
 
 @dataclass
 class Issues:
-    """Row problems: raised at once (``on_error="raise"``) or collected for ``<out>_errors.csv``."""
+    """Row problems: raised at once (``on_error="fail"``) or collected for ``<out>_errors.csv``."""
 
-    on_error: str = "raise"
+    on_error: str = "fail"
     items: list[Issue] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -57,7 +57,7 @@ class Issues:
 
     def add(self, error: CxrkitError, *, image_id: str = "") -> None:
         """Re-raise ``error`` unless skipping; else remember it (the caller drops the image)."""
-        if self.on_error == "raise":
+        if self.on_error == "fail":
             raise error
         self.items.append(Issue(image_id=image_id, reason=str(error)))
 

@@ -385,7 +385,7 @@ def prepare_csv(
     source: str = "",
     fractions: str | Mapping[str, float] = DEFAULT_FRACTIONS,
     seed: int = 0,
-    on_error: str = "raise",
+    on_error: str = "fail",
 ) -> Prepared:
     """Private data as split records (``cxrkit prepare csv``): a CSV manifest (:func:`load_csv`),
     or without ``csv_path`` a bare folder of images (:func:`load_folder`).
@@ -395,7 +395,7 @@ def prepare_csv(
 
     Args:
         source: the records' ``source``; default ``"csv"``, or ``"folder"`` without ``csv_path``.
-        on_error: ``"raise"`` at the first bad row, or ``"skip"`` the image and report it.
+        on_error: ``"fail"`` at the first bad row, or ``"skip"`` the image and report it.
 
     Raises:
         DataError: ``boxes_path``, ``columns``, ``label_columns`` or ``classes`` without

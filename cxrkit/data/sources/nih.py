@@ -260,7 +260,7 @@ def prepare_nih(
     fractions: str | Mapping[str, float] = DEFAULT_FRACTIONS,
     val_fraction: float = 0.1,
     seed: int = 0,
-    on_error: str = "raise",
+    on_error: str = "fail",
 ) -> Prepared:
     """NIH ChestX-ray14 as split records (``cxrkit prepare nih``).
 
@@ -269,7 +269,7 @@ def prepare_nih(
     split is by patient with ``fractions`` (train,val,test). Other arguments: :func:`load_nih`.
 
     Args:
-        on_error: ``"raise"`` at the first bad row, or ``"skip"`` the image and report it.
+        on_error: ``"fail"`` at the first bad row, or ``"skip"`` the image and report it.
     """
     from cxrkit.data import splits
 

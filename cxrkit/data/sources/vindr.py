@@ -189,11 +189,11 @@ def prepare_vindr(
     fractions: str | Mapping[str, float] = DEFAULT_FRACTIONS,
     val_fraction: float = 0.1,
     seed: int = 0,
-    on_error: str = "raise",
+    on_error: str = "fail",
 ) -> Prepared:
     """VinDr-CXR as split records (``cxrkit prepare vindr``): PhysioNet's train/test kept with
     ``val_fraction`` of the train patients moved to val; Kaggle's images split by patient with
-    ``fractions``. Other arguments: :func:`load_vindr`; ``on_error``: ``"raise"`` or ``"skip"``.
+    ``fractions``. Other arguments: :func:`load_vindr`; ``on_error``: ``"fail"`` or ``"skip"``.
     """
     issues = Issues(on_error=on_error)
     records, official = load_vindr(root=root, layout=layout, issues=issues)
