@@ -82,7 +82,10 @@ def _check_arch(arch: str) -> None:
 def _torchvision_model(arch: str) -> nn.Module:
     # weights=None: torchvision never downloads; we load files ourselves.
     if arch == "resnet50":
-        return torchvision.models.resnet50(weights=None)
+        # zero_init_residual: each block's last BatchNorm starts at 0, so a randomly initialised
+        # network starts as a near-identity chain of blocks; the Barlow Twins code builds its
+        # ResNet-50 this way (facebookresearch/barlowtwins, main.py). Loaded weights overwrite it.
+        return torchvision.models.resnet50(weights=None, zero_init_residual=True)
     return torchvision.models.densenet121(weights=None)
 
 
@@ -185,7 +188,8 @@ def build_resnet50(*, weights: str | Path | None = None) -> torchvision.models.R
 
     Args:
         weights: a local weights file (see :func:`load_backbone_state`); ``None`` keeps
-            torchvision's random initialisation.
+            torchvision's random initialisation with ``zero_init_residual=True`` (as the Barlow
+            Twins code builds it).
     """
     return _build("resnet50", weights)  # type: ignore[return-value]
 

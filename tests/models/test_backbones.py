@@ -136,3 +136,12 @@ def test_build_backbone_names():
     assert dim == 2048 and isinstance(model, torchvision.models.ResNet)
     with pytest.raises(ConfigError, match="unknown backbone 'vit'"):
         backbones.build_backbone(name="vit")
+
+
+def test_random_resnet50_zero_inits_each_residual_branch():
+    # The Barlow Twins code: torchvision.models.resnet50(zero_init_residual=True).
+    model = backbones.build_resnet50()
+    blocks = [m for m in model.modules() if isinstance(m, torchvision.models.resnet.Bottleneck)]
+    assert len(blocks) == 16
+    assert all(torch.count_nonzero(b.bn3.weight) == 0 for b in blocks)
+    assert torch.count_nonzero(model.bn1.weight) > 0  # the stem is not zeroed
