@@ -72,12 +72,14 @@ CSV_EPILOG = """examples:
   cxrkit prepare csv --root /data/h2 --csv h2.csv --label-columns Effusion,Nodule,Mass \\
       --classes Effusion,Nodule,Mass --out h2.parquet
 
-  # a bare folder of PNG/JPEG/DICOM (recursive) for unlabeled pretraining
-  cxrkit prepare csv --root /data/unlabeled --out unlabeled.parquet
+  # a bare folder of PNG/JPEG/DICOM (recursive) for unlabeled pretraining; PNGs carry no patient
+  # id, so say that one patient per image is acceptable (splits are then by image)
+  cxrkit prepare csv --root /data/unlabeled --out unlabeled.parquet --no-patient-ids
 
 CSV columns (rename with --column key=name): path (required; relative to --root or absolute),
-image_id (default: path without extension), patient_id (default: the DICOM PatientID, else
-image_id), view (PA/AP/LL/..., default: the DICOM header, else unknown), split (train/val/test;
+image_id (default: path without extension), patient_id (default: the DICOM PatientID; images
+with neither are refused unless --no-patient-ids makes each its own patient), view
+(PA/AP/LL/..., default: the DICOM header, else unknown), split (train/val/test;
 if present it is kept, rows left empty stay unassigned, and --split-fractions is not used), labels
 (pipe-separated; an empty cell means not labeled), mask:<name> (a mask file per image).
 Boxes (--boxes) are in original pixels.
@@ -186,6 +188,12 @@ def register(subparsers: Any) -> None:
         help="comma-separated class list; any other name in labels or boxes is an error",
     )
     own.add_argument("--source", default="", help="source name stored in each record")
+    own.add_argument(
+        "--no-patient-ids",
+        action="store_true",
+        help="accept images without a patient id (no patient_id column, no DICOM PatientID) as "
+        "one patient each: splits are then by image; the summary and the manifest say so",
+    )
     own.set_defaults(func=prepare_csv)
 
 
@@ -232,6 +240,7 @@ def prepare_csv(args: argparse.Namespace) -> int:
         label_columns=_split_list(args.label_columns),
         classes=_split_list(args.classes),
         fractions=args.split_fractions,
+        patient_ids=not args.no_patient_ids,
         **options(args, "root", "source", "seed", "on_error"),
     )
     return finish(prepared, args)
@@ -265,6 +274,8 @@ def finish(prepared: sources.Prepared, args: argparse.Namespace) -> int:
             f"  note: {len(summary.leaked)} patients have images in more than one split of the "
             f"given split (first: {summary.leaked[0]})"
         )
+    for warning in summary.warnings:
+        print(f"  warning: {warning}")
     if summary.errors_file is not None:
         print(f"skipped {summary.skipped} images; reasons in {summary.errors_file}")
     return 0

@@ -21,7 +21,7 @@ examples:
       data.manifest=data/nih.parquet model.weights=weights/resnet50-11ad3fa6.pth
 
   # any folder of PNG/DICOM, the radiograph-specific views, from random weights, on a laptop
-  cxrkit prepare csv --root my_cxrs --out my_cxrs.parquet
+  cxrkit prepare csv --root my_cxrs --out my_cxrs.parquet --no-patient-ids
   cxrkit pretrain --config configs/pretrain/barlow_twins_nih.yaml \\
       --config configs/pretrain/barlow_twins_nih_cxr_views.yaml data.manifest=my_cxrs.parquet \\
       data.cache=cache/my_cxrs model.init=random trainer.accelerator=cpu trainer.precision=32-true

@@ -26,6 +26,7 @@ from cxrkit.io import atomic_write
 VIEWS = ("PA", "AP", "LL", "unknown")
 SPLITS = ("train", "val", "test", "unassigned")
 MANIFEST_VERSION = "1"
+WARNINGS_KEY = "cxrkit_warnings"  # Parquet metadata: JSON list of what users must know
 
 _BOX_TYPE = pa.struct(
     [
@@ -167,8 +168,13 @@ def _from_row(row: dict[str, Any]) -> Record:
     )
 
 
-def write_manifest(records: Iterable[Record], path: str | Path) -> Path:
+def write_manifest(
+    records: Iterable[Record], path: str | Path, *, warnings: Sequence[str] = ()
+) -> Path:
     """Validate and write records as Parquet, atomically.
+
+    ``warnings`` (what a user of the manifest must know, e.g. guessed patient ids) are kept in the
+    file's metadata; :func:`manifest_warnings` reads them back.
 
     Raises :class:`DataError` on an invalid record or a duplicate ``image_id``.
     """
@@ -180,10 +186,18 @@ def write_manifest(records: Iterable[Record], path: str | Path) -> Path:
             raise DataError(f"record {i}: duplicate image_id {record.image_id!r}")
         seen.add(record.image_id)
         rows.append(_to_row(record))
-    table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(
-        {"cxrkit_manifest_version": MANIFEST_VERSION}
-    )
+    metadata = {"cxrkit_manifest_version": MANIFEST_VERSION}
+    if warnings:
+        metadata[WARNINGS_KEY] = json.dumps(list(warnings))
+    table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(metadata)
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def manifest_warnings(path: str | Path) -> list[str]:
+    """The warnings :func:`write_manifest` stored in a manifest's metadata (empty if none)."""
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(WARNINGS_KEY.encode())
+    return list(json.loads(raw)) if raw else []
 
 
 def read_manifest(path: str | Path) -> list[Record]:

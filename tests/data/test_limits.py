@@ -89,7 +89,17 @@ def test_prepare_skips_a_bomb_and_names_it(tmp_path: Path, capsys: pytest.Captur
     png_claiming(root / "bomb.png", 20000, 20000)
     out = tmp_path / "m.parquet"
     code = cli.main(
-        ["prepare", "csv", "--root", str(root), "--out", str(out), "--on-error", "skip"]
+        [
+            "prepare",
+            "csv",
+            "--root",
+            str(root),
+            "--out",
+            str(out),
+            "--on-error",
+            "skip",
+            "--no-patient-ids",
+        ]
     )
     captured = capsys.readouterr()
     assert code == 0 and "Traceback" not in captured.err

@@ -291,11 +291,14 @@ class Prepared:
         issues: the images left out (``on_error="skip"``), written by :func:`write_prepared`.
         official_lists: NIH's ``train_val_list.txt`` and ``test_list.txt`` when they decided the
             split, else None.
+        warnings: what the user must know about these records (e.g. patient ids that are only
+            image ids); printed in the summary and kept in the manifest's metadata.
     """
 
     records: list[Record]
     issues: Issues
     official_lists: tuple[Path, Path] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def split_fractions(fractions: str | Mapping[str, float]) -> dict[str, float]:
@@ -342,6 +345,7 @@ class ManifestSummary:
     leaked: list[str]
     skipped: int
     errors_file: Path | None
+    warnings: list[str] = field(default_factory=list)
 
 
 def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSummary:
@@ -366,7 +370,7 @@ def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSumm
             f"{root}: no usable images"
             + (f" ({len(issues)} skipped, see {errors})" if issues else "")
         )
-    write_manifest(records, out)
+    write_manifest(records, out, warnings=prepared.warnings)
     if issues:
         issues.write_csv(errors)
     else:
@@ -381,4 +385,5 @@ def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSumm
         leaked=patients_in_several_splits(records),
         skipped=len(issues),
         errors_file=errors if issues else None,
+        warnings=list(prepared.warnings),
     )

@@ -4,8 +4,10 @@ The CSV has one row per image. Columns, by key (rename with ``--column key=name`
 
 - ``path`` (required): the image file, relative to ``--root`` or absolute; PNG, JPEG or DICOM.
 - ``image_id``: default the path relative to the root without its extension.
-- ``patient_id``: default the DICOM PatientID, else the image_id (then images of one patient
-  cannot be kept together: give the column when you have it).
+- ``patient_id``: default the DICOM PatientID. An image with neither is refused by
+  :func:`prepare_csv` unless ``patient_ids=False`` (``--no-patient-ids``): then its image_id
+  stands in, flagged in ``meta["patient_id_from"]``, and images of one patient cannot be kept
+  together (give the column when you have it).
 - ``view``: any common spelling (``PA``, ``AP supine``, ``LATERAL`` ...; see
   :func:`classes.normalize_view`); default the DICOM ViewPosition, else ``unknown``.
 - ``split``: train / val / test; when present the split is kept as given.
@@ -49,6 +51,7 @@ from cxrkit.data.sources.common import (
 from cxrkit.data.vocab import ClassTable, normalize_view, open_table
 from cxrkit.errors import ConfigError, DataError, ImageReadError, MissingFileError
 
+PATIENT_ID_FROM = "patient_id_from"  # meta key: set to "image_id" where the patient id is a guess
 COLUMN_KEYS = ("path", "image_id", "patient_id", "view", "split", "labels")
 MASK_PREFIX = "mask:"
 _SPLIT_ALIASES = {"valid": "val", "validation": "val", "training": "train", "": "unassigned"}
@@ -284,11 +287,15 @@ def _records(rows: list[dict[str, Any]], *, source: str, issues: Issues) -> dict
         meta: dict[str, Any] = {}
         if header["pixel_spacing"]:
             meta["pixel_spacing"] = header["pixel_spacing"]
+        patient_id = row["patient_id"] or header["patient_id"]
+        if not patient_id:  # nothing says whose image this is: one patient per image, flagged
+            patient_id = row["image_id"]
+            meta[PATIENT_ID_FROM] = "image_id"
         records[row["image_id"]] = Record(
             image_id=row["image_id"],
             source=source,
             path=str(row["path"]),
-            patient_id=row["patient_id"] or header["patient_id"] or row["image_id"],
+            patient_id=patient_id,
             view=row["view"] or header["view"],
             split=row["split"],
             labels=row["labels"],
@@ -386,6 +393,7 @@ def prepare_csv(
     fractions: str | Mapping[str, float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     on_error: str = "fail",
+    patient_ids: bool = True,
 ) -> Prepared:
     """Private data as split records (``cxrkit prepare csv``): a CSV manifest (:func:`load_csv`),
     or without ``csv_path`` a bare folder of images (:func:`load_folder`).
@@ -396,10 +404,16 @@ def prepare_csv(
     Args:
         source: the records' ``source``; default ``"csv"``, or ``"folder"`` without ``csv_path``.
         on_error: ``"fail"`` at the first bad row, or ``"skip"`` the image and report it.
+        patient_ids: every image must have a patient id (a ``patient_id`` column or a DICOM
+            PatientID). ``False`` accepts images without one as one patient each (their records
+            carry ``meta["patient_id_from"] = "image_id"``) and adds a warning to the result,
+            which the manifest's metadata and the summary repeat: splits by patient are then only
+            splits by image, and one patient's images can land in two of them.
 
     Raises:
         DataError: ``boxes_path``, ``columns``, ``label_columns`` or ``classes`` without
-            ``csv_path``, and see :func:`load_csv` / :func:`load_folder`.
+            ``csv_path``; images without a patient id while ``patient_ids``; and see
+            :func:`load_csv` / :func:`load_folder`.
     """
     from cxrkit.data import splits
 
@@ -423,6 +437,21 @@ def prepare_csv(
             source=source,
             issues=issues,
         )
+    guessed = [r for r in records if r.meta.get(PATIENT_ID_FROM) == "image_id"]
+    warnings = []
+    if guessed:
+        what = (
+            f"{len(guessed)} of {len(records)} images have no patient id (no patient_id column"
+            f"{'' if csv_path is None else ' mapped'} and no DICOM PatientID; e.g. "
+            f"{guessed[0].image_id!r})"
+        )
+        if patient_ids:
+            raise DataError(
+                f"{root}: {what}, so each would count as its own patient and one patient's images "
+                "could land in two splits: map the column with --column patient_id=COLUMN, or "
+                "pass --no-patient-ids to accept one patient per image"
+            )
+        warnings.append(f"{what}: each is its own patient, so splits are by image, not patient")
     if not any(r.split != "unassigned" for r in records):
         records = splits.assign_splits(records, fractions=split_fractions(fractions), seed=seed)
-    return Prepared(records=records, issues=issues)
+    return Prepared(records=records, issues=issues, warnings=warnings)

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxrkit import cli
-from cxrkit.data.records import read_manifest
+from cxrkit.data.records import manifest_warnings, read_manifest
 from cxrkit.data.sources import Issues, folder
 from cxrkit.data.vocab import normalize_view
 from cxrkit.errors import ConfigError, DataError, ImageReadError, MissingFileError
@@ -141,11 +141,32 @@ def test_bare_folder_with_png_and_dicom(hospital, prepare):
     assert by_id["img/a"].patient_id == "img/a" and by_id["img/a"].view == "unknown"
     assert by_id["img/c"].patient_id == "PAT-9" and by_id["img/c"].view == "AP"
     assert all(r.labels == {} and r.source == "folder" for r in records)
+    assert by_id["img/a"].meta["patient_id_from"] == "image_id"  # a guess, and flagged as one
+    assert "patient_id_from" not in by_id["img/c"].meta
     out = hospital / "out" / "u.parquet"
-    code, stdout, err = prepare("csv", "--root", hospital, "--out", out)
+    # PNGs carry no patient id: one patient per image must be asked for, not assumed
+    code, _, err = prepare("csv", "--root", hospital, "--out", out)
+    assert code == 1 and "Traceback" not in err and not out.exists()
+    assert "2 of 3 images have no patient id" in err and "--column patient_id=COLUMN" in err
+    assert "--no-patient-ids" in err
+    code, stdout, err = prepare("csv", "--root", hospital, "--out", out, "--no-patient-ids")
     assert code == 0, err
     assert "wrote 3 records" in stdout
+    assert "warning: 2 of 3 images have no patient id" in stdout and "splits are by image" in stdout
     assert {r.split for r in read_manifest(out)} <= {"train", "val", "test"}
+    (warning,) = manifest_warnings(out)
+    assert warning.startswith("2 of 3 images have no patient id")
+
+
+def test_csv_without_a_patient_column_needs_it_mapped(hospital, prepare):
+    (hospital / "np.csv").write_text("path,labels\nimg/a.png,Effusion\nimg/b.png,No Finding\n")
+    out = hospital / "np.parquet"
+    code, _, err = prepare("csv", "--root", hospital, "--csv", "np.csv", "--out", out)
+    assert code == 1 and "no patient_id column mapped" in err
+    code, stdout, _ = prepare(
+        "csv", "--root", hospital, "--csv", "np.csv", "--out", out, "--no-patient-ids"
+    )
+    assert code == 0 and "warning: 2 of 2 images" in stdout
 
 
 def test_real_dicoms_as_a_bare_folder(shared_data):
@@ -278,15 +299,27 @@ def test_skip_reports_bad_rows(hospital, prepare):
     assert [r.image_id for r in records] == ["img/a", "img/b"]
     assert "line 3" in issues.items[0].reason
     out = hospital / "m.parquet"
+    # this CSV has no patient column: --no-patient-ids accepts one patient per image
     code, stdout, err = prepare(
-        "csv", "--root", hospital, "--csv", "l.csv", "--out", out, "--on-error", "skip"
+        "csv",
+        "--root",
+        hospital,
+        "--csv",
+        "l.csv",
+        "--out",
+        out,
+        "--on-error",
+        "skip",
+        "--no-patient-ids",
     )
     assert code == 0, err
     assert "skipped 1 images; reasons in" in stdout
     assert "missing.png" in (hospital / "m_errors.csv").read_text()
     # a clean rerun removes the stale error list
     write_csv(hospital / "l.csv", ["path", "labels"], [["img/a.png", "Nodule"]])
-    code, _, err = prepare("csv", "--root", hospital, "--csv", "l.csv", "--out", out)
+    code, _, err = prepare(
+        "csv", "--root", hospital, "--csv", "l.csv", "--out", out, "--no-patient-ids"
+    )
     assert code == 0, err
     assert not (hospital / "m_errors.csv").exists()
 
