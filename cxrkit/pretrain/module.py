@@ -7,7 +7,7 @@ The whole method, for a batch of two views ``x_a, x_b`` (FloatTensor[B, C, S, S]
     loss = BarlowTwinsLoss(z_a, z_b)  # normalise along the batch, cross-correlate, push C to I
 
 The backbone is torchvision's ResNet-50 without ``fc`` (:mod:`cxrkit.models.backbones`), exported
-after training as ``backbone.pth`` (:mod:`cxrkit.pretrain.export`). Optimiser: lightly's LARS, lr
+after training as ``backbone.pth`` (:mod:`cxrkit.pretrain.handoff`). Optimiser: lightly's LARS, lr
 0.2 (weights) / 0.0048 (biases and norm parameters, no weight decay, no LARS adaptation) times
 global batch / 256, linear warm-up then cosine (lightly's ``CosineWarmupScheduler``).
 
