@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cxrkit.errors import CheckpointError, MissingFileError
+from cxrkit.errors import CheckpointError, ConfigError, MissingFileError
 
 MODEL_FORMAT = "cxrkit-model"
 
@@ -58,6 +58,26 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], object])
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Check, before any work, that a file can be written at ``path``; returns it.
+
+    Raises:
+        ConfigError: ``path`` is a directory, lies below a file, or its nearest existing folder is
+            not writable (missing folders are fine: :func:`atomic_write` creates them).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{path}: cannot be written below {parent}, which is a file")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{path}: folder {parent} is not writable")
+            break
     return path
 
 

@@ -125,8 +125,10 @@ def _predict(argv: Sequence[str]) -> int:
         data_required=True,
     )
     ns = parser.parse_args(list(argv))
+    from cxrkit.eval.predictions import check_output
     from cxrkit.multitask import train
 
+    check_output(ns.out)  # before the cache is opened (or built) and the model runs
     model, config, _ = train.load(ns.model)
     if config.task != "multilabel":
         raise ConfigError(f"{ns.model}: a screening member; use `cxrkit multitask screen`")
@@ -155,9 +157,11 @@ def _screen(argv: Sequence[str]) -> int:
         data_required=True,
     )
     ns = parser.parse_args(list(argv))
+    from cxrkit.eval.predictions import check_output
     from cxrkit.multitask import Ensemble
     from cxrkit.multitask.screening import screen_records
 
+    check_output(ns.out)  # before the cache is opened (or built) and the members run
     ensemble = Ensemble.load(ns.ensemble)
     ensemble.config = _for_inference(ensemble.config, ns)
     cache, records = _records(ensemble.config, ns)

@@ -203,7 +203,13 @@ class Cache:
                 "build it with `cxrkit preprocess --manifest M --out CACHE_DIR`"
             )
         self.recipe: dict[str, Any] = read_recipe(self.root)
-        rows = pq.read_table(index).to_pylist()
+        try:
+            rows = pq.read_table(index).to_pylist()
+        except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid is a ValueError
+            raise DataError(
+                f"{index}: unreadable cache index ({exc}); rerun `cxrkit preprocess` on this "
+                "cache: it rebuilds the index from the finished items"
+            ) from None
         self._rows: dict[str, dict[str, Any]] = {row["image_id"]: row for row in rows}
 
     def __contains__(self, image_id: str) -> bool:

@@ -231,7 +231,13 @@ def read_dicom(
     if voi_applied:
         # A VOI LUT Sequence wins over windowing (prefer_lut); index=0 takes the first of several
         # windows, the one the acquisition designated as default.
-        values = pydicom_apply_voi_lut(values, ds, index=0, prefer_lut=True)
+        try:
+            values = pydicom_apply_voi_lut(values, ds, index=0, prefer_lut=True)
+        except ValueError as exc:  # e.g. WindowWidth 0: pydicom refuses the window
+            raise DicomReadError(
+                f"{path}: invalid VOI LUT / window in the header ({exc}); preprocess with "
+                "--no-voi-lut (data.preprocess.apply_voi_lut=false) to use the full range instead"
+            ) from None
     image = np.asarray(values, dtype=np.float32)
     if not np.isfinite(image).all():
         raise DicomReadError(f"{path}: pixel data contains NaN or infinite values")

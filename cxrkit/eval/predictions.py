@@ -261,6 +261,18 @@ def _is_parquet(path: Path) -> bool:
     return path.suffix.lower() in PARQUET_SUFFIXES
 
 
+def check_output(path: str | Path) -> Path:
+    """Check a predictions file to be written (suffix, folder) before the work that fills it.
+
+    Raises:
+        DataError: a suffix that is neither CSV nor Parquet. ConfigError: see
+            :func:`cxrkit.io.check_output_file`.
+    """
+    path = io.check_output_file(path)  # a directory named --out is the likelier slip: first
+    _check_suffix(path)
+    return path
+
+
 def _check_suffix(path: Path) -> None:
     if path.suffix.lower() not in (".csv", *PARQUET_SUFFIXES):
         raise DataError(

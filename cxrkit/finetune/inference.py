@@ -95,10 +95,13 @@ def predict_split(
     Raises:
         ConfigError: ``score_thresh`` outside [0, 1), and as :func:`open_split`.
     """
-    from cxrkit.eval.predictions import write_predictions
+    from cxrkit.eval.predictions import check_output, write_predictions
 
     if score_thresh is not None and not 0 <= score_thresh < 1:
         raise ConfigError(f"--score-thresh must be in [0, 1), got {score_thresh}")
+    check_output(out)  # before inference: a bad --out must not cost the whole run
+    if submission:
+        io.check_output_file(submission)
     s = open_split(
         model_path, manifest=manifest, cache=cache, split=split, device=device, progress=progress
     )

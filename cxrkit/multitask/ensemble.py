@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,11 @@ class Ensemble:
             raise MissingFileError(f"{svm_path}: the ensemble's SVM file is missing")
         if doc.get("svm_sha256") and io.sha256(svm_path) != doc["svm_sha256"]:
             raise DataError(f"{svm_path}: checksum differs from {doc_path}; the file was changed")
-        untrusted = [t for t in sio.get_untrusted_types(file=svm_path) if t not in TRUSTED_TYPES]
+        try:
+            found = sio.get_untrusted_types(file=svm_path)
+        except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+            raise DataError(f"{svm_path}: not a skops file ({exc}); retrain the ensemble") from None
+        untrusted = [t for t in found if t not in TRUSTED_TYPES]
         if untrusted:
             raise DataError(f"{svm_path}: refusing to load untrusted types {untrusted}")
         svm = sio.load(svm_path, trusted=list(TRUSTED_TYPES))

@@ -312,8 +312,10 @@ def screen_records(
     path: Path,
     device: str = "auto",
 ) -> Path:
-    """Run the ensemble on ``records`` and write screening predictions (``image_id, score``)."""
-    from cxrkit.eval.predictions import write_predictions
+    """Run the ensemble on ``records`` and write screening predictions (``image_id, score``) to
+    ``path`` (checked first, so a bad path fails before the inference)."""
+    from cxrkit.eval.predictions import check_output, write_predictions
 
+    check_output(path)
     frame = ensemble.predict(records=records, cache=cache, device=device)
     return write_predictions(frame, path, kind="screening")

@@ -202,9 +202,11 @@ def write_split_predictions(
     path: Path,
     device: str = "auto",
 ) -> Path:
-    """Score ``records`` (:func:`predict`) and write the predictions file ``path``."""
-    from cxrkit.eval.predictions import write_predictions
+    """Score ``records`` (:func:`predict`) and write the predictions file ``path`` (checked first,
+    so a bad path fails before the inference)."""
+    from cxrkit.eval.predictions import check_output, write_predictions
 
+    check_output(path)
     frame = predict(model, config, records=records, cache=cache, device=device)
     return write_predictions(frame, path, kind="classification")
 
