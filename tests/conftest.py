@@ -22,3 +22,30 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"real sample data not found at {root} (set CXRKIT_SHARED_DATA)")
     return root
+
+
+@pytest.fixture
+def cr_dicom():
+    """``cr_dicom(path, pixels, **tags) -> path``: a minimal CR DICOM of uint16 ``pixels``; the
+    ``tags`` are set after the pixel data, so a test can make the header disagree with it."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    def write(path: Path, pixels: np.ndarray, **tags: object) -> Path:
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.Modality, ds.PatientID = "CR", "P1"
+        ds.set_pixel_data(np.asarray(pixels, dtype=np.uint16), "MONOCHROME2", 16)
+        for key, value in tags.items():
+            setattr(ds, key, value)
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    return write

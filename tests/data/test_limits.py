@@ -53,28 +53,10 @@ def test_the_limit_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         images.image_size(image)
 
 
-def dicom_claiming(path: Path, rows: int, columns: int) -> Path:
-    """A 4x4 CR DICOM whose header then claims ``rows x columns``."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.Modality, ds.PatientID = "CR", "P1"
-    ds.set_pixel_data(np.zeros((4, 4), np.uint16), "MONOCHROME2", 16)
-    ds.Rows, ds.Columns = rows, columns
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def test_dicom_claiming_huge_rows_and_columns_is_refused_before_decoding(tmp_path: Path) -> None:
-    path = dicom_claiming(tmp_path / "big.dcm", 30000, 30000)
+def test_dicom_claiming_huge_rows_and_columns_is_refused_before_decoding(
+    tmp_path: Path, cr_dicom
+) -> None:
+    path = cr_dicom(tmp_path / "big.dcm", np.zeros((4, 4)), Rows=30000, Columns=30000)
     with pytest.raises(DicomReadError, match=r"big\.dcm: header claims 30000x30000 pixels"):
         read_dicom(path)
     with pytest.raises(DicomReadError, match="over the limit"):
