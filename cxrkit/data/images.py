@@ -8,6 +8,8 @@ is DICOM if its name ends in ``.dcm``/``.dicom`` or it carries the ``DICM`` mark
 
 from __future__ import annotations
 
+import io
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -107,19 +109,26 @@ def read_image(
     return np.ascontiguousarray(image, dtype=np.float32), meta
 
 
-def _open_header(path: Path) -> tuple[int, int]:
-    """(width, height) from the file's header (Pillow parses only the header here).
+# Guards the toggle of Pillow's global limit below: adapters read headers from many threads
+# (sources.common.read_many), and unguarded save/restore pairs can interleave and leave Pillow's
+# own bomb check switched off for the whole process.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _open_header(source: Path | io.BytesIO) -> tuple[int, int]:
+    """(width, height) from the header of a file or its bytes (Pillow parses only the header).
 
     Pillow's own bomb check is off for this call: its DecompressionBombError is no OSError and its
     limit is not ours; :func:`cxrkit.data.limits.check_pixels` decides instead.
     """
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(source) as im:
+                return int(im.size[0]), int(im.size[1])
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _stated_size(path: Path) -> tuple[int, int] | None:
