@@ -89,10 +89,11 @@ def read_image(
         image, meta = read_dicom(path, apply_voi_lut=apply_voi_lut)
         return image, {"format": "dicom", "dtype": "float32", "channels": 1, **meta}
 
-    stated = _stated_size(path)
+    raw = path.read_bytes()  # read once: the size check and the decoder share these bytes
+    stated = _stated_size(io.BytesIO(raw))
     if stated is not None:  # checked before decoding: the header can claim any size
         check_pixels(*stated, path=path)
-    data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode also handles non-ASCII paths
+    data = np.frombuffer(raw, dtype=np.uint8)  # imdecode from memory handles non-ASCII paths
     if data[:2].tobytes() == _JPEG_SOI and _JPEG_EOI not in data[-1024:].tobytes():
         # OpenCV decodes a truncated JPEG into a half-grey image with only a warning.
         raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
@@ -131,10 +132,10 @@ def _open_header(source: Path | io.BytesIO) -> tuple[int, int]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _stated_size(path: Path) -> tuple[int, int] | None:
+def _stated_size(source: io.BytesIO) -> tuple[int, int] | None:
     """The header's size, or None when Pillow does not know the format (OpenCV may)."""
     try:
-        return _open_header(path)
+        return _open_header(source)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
 
