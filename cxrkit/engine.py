@@ -388,25 +388,6 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def check_output_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) as a writable folder, or raise :class:`ConfigError` naming it.
-
-    Checked before any work starts, so a read-only or mistyped output path fails in a second, not
-    after the training.
-    """
-    path = Path(path)
-    for parent in (path, *path.parents):
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"{path}: output directory is below a file ({parent})")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot create the output directory ({exc.strerror})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"{path}: output directory is not writable")
-    return path
-
-
 def prepare_run(
     config: Any,
     *,
@@ -428,7 +409,7 @@ def prepare_run(
     """
     import lightning as L
 
-    out = check_output_dir(Path(config.output_dir))
+    out = io.check_output_dir(Path(config.output_dir))
     checkpoint = resolve_resume(out, resume)
     L.seed_everything(config.trainer.seed if seed is None else seed, workers=True)
     save_run_config(config, out)

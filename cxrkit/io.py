@@ -61,6 +61,30 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], object])
     return path
 
 
+def _nearest_existing(paths: tuple[Path, ...]) -> Path | None:
+    """The first of ``paths`` (a path and its parents, nearest first) that exists."""
+    return next((p for p in paths if p.exists()), None)
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) as a writable folder, or raise :class:`ConfigError` naming it.
+
+    Checked before any work starts, so a read-only or mistyped output path fails in a second, not
+    after the training.
+    """
+    path = Path(path)
+    existing = _nearest_existing((path, *path.parents))
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{path}: output directory is below a file ({existing})")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create the output directory ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{path}: output directory is not writable")
+    return path
+
+
 def check_output_file(path: str | Path) -> Path:
     """Check, before any work, that a file can be written at ``path``; returns it.
 
@@ -71,13 +95,12 @@ def check_output_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory; give a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{path}: cannot be written below {parent}, which is a file")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise ConfigError(f"{path}: folder {parent} is not writable")
-            break
+    parent = _nearest_existing(path.parents)
+    if parent is not None:
+        if not parent.is_dir():
+            raise ConfigError(f"{path}: cannot be written below {parent}, which is a file")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{path}: folder {parent} is not writable")
     return path
 
 

@@ -284,15 +284,6 @@ def test_prepare_run_reads_the_manifest_once_and_keeps_each_split(tmp_path, monk
     assert run.checkpoint is None and not run.resuming
 
 
-def test_check_output_dir_names_the_problem(tmp_path):
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(engine.ConfigError, match="below a file"):
-        engine.check_output_dir(tmp_path / "file" / "run")
-    with pytest.raises(engine.ConfigError, match="below a file"):
-        engine.check_output_dir(tmp_path / "file")
-    assert engine.check_output_dir(tmp_path / "a" / "b").is_dir()
-
-
 def test_best_checkpoint_prefers_best_then_last(tmp_path):
     assert engine.best_checkpoint(tmp_path) is None
     ckpts = tmp_path / "checkpoints"

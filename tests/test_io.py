@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cxrkit import io
-from cxrkit.errors import CheckpointError, MissingFileError
+from cxrkit.errors import CheckpointError, ConfigError, MissingFileError
 
 
 def test_atomic_write_bytes_text_and_writer(tmp_path: Path) -> None:
@@ -91,3 +91,12 @@ def test_model_file_errors_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(CheckpointError, match="weights_only=True"):
         io.load_model(tmp_path / "evil.pt", kind="detector", hint="")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_check_output_dir_names_the_problem(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="below a file"):
+        io.check_output_dir(tmp_path / "file" / "run")
+    with pytest.raises(ConfigError, match="below a file"):
+        io.check_output_dir(tmp_path / "file")
+    assert io.check_output_dir(tmp_path / "a" / "b").is_dir()
