@@ -258,13 +258,16 @@ def resolve_resume(output_dir: Path, resume: str | Path | bool) -> str | None:
     return str(path)
 
 
-def check_checkpoint(path: Path) -> None:
+def check_checkpoint(path: Path) -> dict[str, Any]:
     """Open a checkpoint the way the resume will (``torch.load(weights_only=True)``), memory-mapped
     so that no tensor data is read, and raise :class:`CheckpointError` if that fails.
 
     A run killed while writing can leave a torn or empty ``last.ckpt``; a planted file can hold a
     pickle that would run code. Both are refused here, naming the file and the way out, whatever
     ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says (an explicit ``weights_only=True`` wins over it).
+
+    Returns:
+        The checkpoint's dict; its tensors are memory-mapped and read only when used.
     """
     remedy = "delete it to start over, give another --resume PATH, or pass --resume never"
     if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
@@ -278,6 +281,7 @@ def check_checkpoint(path: Path) -> None:
         raise CheckpointError(f"{exc}; {remedy}") from None
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict); {remedy}")
+    return blob
 
 
 def fit(
@@ -480,7 +484,8 @@ def best_checkpoint(output_dir: Path) -> Path | None:
 
 
 def load_checkpoint_weights(module: nn.Module, path: Path) -> None:
-    """Load a Lightning checkpoint's ``state_dict`` into ``module`` (strict, ``weights_only``)."""
-    check_checkpoint(Path(path))
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict(blob["state_dict"], strict=True)
+    """Load a Lightning checkpoint's ``state_dict`` into ``module`` (strict, ``weights_only``).
+
+    The checked, memory-mapped load is the only read: ``load_state_dict`` copies the tensors.
+    """
+    module.load_state_dict(check_checkpoint(Path(path))["state_dict"], strict=True)
