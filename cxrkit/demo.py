@@ -339,8 +339,8 @@ def _predict(detectors: Mapping[str, Path], data: Any, out: Path) -> dict[str, P
     from cxrkit.data import loading
     from cxrkit.eval.predictions import write_predictions
 
-    cache = loading.open_cache(data, progress=False)
-    records = loading.load_records(data, split="test", cache=cache)
+    cache, every = loading.open_records(data, progress=False)
+    records = loading.in_split(every, "test")
     paths = {}
     for init, path in detectors.items():
         model, config = finetune.load(path)
@@ -387,8 +387,8 @@ def _cams(detector: Path, data: Any, out: Path, *, plan: Plan) -> list[Path]:
     model, config = finetune.load(detector)
     # a barely trained detector scores low: take each image's top box whatever its score
     model.roi_heads.score_thresh = 0.0
-    cache = loading.open_cache(data, progress=False)
-    records = [r for r in loading.load_records(data, split="test", cache=cache) if r.boxes]
+    cache, every = loading.open_records(data, progress=False)
+    records = [r for r in loading.in_split(every, "test") if r.boxes]
     drawn: list[Path] = []
     for record in records:
         if len(drawn) >= plan.cam_images:

@@ -421,9 +421,8 @@ def prepare_run(
     if data is not None:
         from cxrkit.data import loading
 
-        records = loading.load_records(data)
-        run.cache = loading.open_cache(data, records=records)
-        run.records = {split: [r for r in records if r.split == split] for split in splits}
+        run.cache, records = loading.open_records(data)
+        run.records = {split: loading.in_split(records, split) for split in splits}
     return run
 
 

@@ -49,3 +49,38 @@ def cr_dicom():
         return path
 
     return write
+
+
+@pytest.fixture
+def split_data(tmp_path: Path):
+    """A DataConfig over four 32 px PNGs in splits train, train, val, test (ids i0..i3), its
+    cache already built (a first build reads the manifest itself, so read counts start after)."""
+    import cv2
+    import numpy as np
+
+    from cxrkit.config import DataConfig, PreprocessConfig
+    from cxrkit.data import loading
+    from cxrkit.data.records import Record, write_manifest
+
+    rows = []
+    for i, split in enumerate(["train", "train", "val", "test"]):
+        path = tmp_path / f"i{i}.png"
+        cv2.imwrite(str(path), np.full((32, 32), 40 * i, np.uint8))
+        rows.append(
+            Record(
+                image_id=f"i{i}",
+                source="t",
+                path=str(path),
+                patient_id=f"p{i}",
+                width=32,
+                height=32,
+                split=split,
+            )
+        )
+    data = DataConfig(
+        manifest=str(write_manifest(rows, tmp_path / "m.parquet")),
+        cache=str(tmp_path / "cache"),
+        preprocess=PreprocessConfig(size=16, clahe=False, clip_percentiles=False),
+    )
+    loading.open_cache(data, progress=False)
+    return data

@@ -235,47 +235,19 @@ def test_checkpoint_error_at_the_cli_has_no_traceback(tmp_path, capsys):
     assert "last.ckpt: not a complete checkpoint" in err and "--resume never" in err
 
 
-def test_prepare_run_reads_the_manifest_once_and_keeps_each_split(tmp_path, monkeypatch):
-    import cv2
-    import numpy as np
-
-    from cxrkit.config import DataConfig, PreprocessConfig
-    from cxrkit.data import records
-    from cxrkit.data.records import Record
-
-    rows = []
-    for i, split in enumerate(["train", "train", "val", "test"]):
-        path = tmp_path / f"i{i}.png"
-        cv2.imwrite(str(path), np.full((32, 32), 40 * i, np.uint8))
-        rows.append(
-            Record(
-                image_id=f"i{i}",
-                source="t",
-                path=str(path),
-                patient_id=f"p{i}",
-                width=32,
-                height=32,
-                split=split,
-            )
-        )
-    records.write_manifest(rows, tmp_path / "m.parquet")
+def test_prepare_run_reads_the_manifest_once_and_keeps_each_split(
+    tmp_path, monkeypatch, split_data
+):
     reads = []
     real = loading.read_manifest
     monkeypatch.setattr(loading, "read_manifest", lambda p: reads.append(p) or real(p))
-    data = DataConfig(
-        manifest=str(tmp_path / "m.parquet"),
-        cache=str(tmp_path / "cache"),
-        preprocess=PreprocessConfig(size=16, clahe=False, clip_percentiles=False),
-    )
+    data = split_data
 
     class Config:
         output_dir = str(tmp_path / "run")
         trainer = TrainerConfig(seed=3)
 
     monkeypatch.setattr(engine, "save_run_config", lambda config, out: None)
-    (tmp_path / "cache").mkdir()
-    loading.open_cache(data)  # build the cache first: a first build reads the manifest itself
-    reads.clear()
     run = engine.prepare_run(Config(), data=data, splits=("train", "val"))
     assert len(reads) == 1
     assert [r.image_id for r in run.records["train"]] == ["i0", "i1"]

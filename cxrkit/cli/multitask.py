@@ -105,10 +105,9 @@ def _records(config: Any, ns: argparse.Namespace) -> tuple[Any, list]:
     from cxrkit.data import loading
     from cxrkit.errors import DataError
 
-    cache = loading.open_cache(config.data, progress=not ns.no_progress)
-    records = loading.load_records(
-        config.data, split=None if split == "all" else split, cache=cache
-    )
+    loading.check_split(split)  # a misspelt split fails before the cache is opened or built
+    cache, every = loading.open_records(config.data, progress=not ns.no_progress)
+    records = loading.in_split(every, split)
     if not records:
         raise DataError(f"{config.data.manifest}: no record in split {split!r}")
     return cache, records

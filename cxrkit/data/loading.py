@@ -61,6 +61,35 @@ def load_records(
     return records
 
 
+def open_records(data: DataConfig, *, progress: bool = True) -> tuple[Cache, list[Record]]:
+    """The cache and every record of the manifest, the manifest read once.
+
+    The cache is opened (built on first use) and checked against all records as
+    :func:`open_cache` does; under ``data.on_error="skip"`` records missing from it are dropped.
+    Take a split's part with :func:`in_split`.
+    """
+    records = load_records(data)
+    return open_cache(data, records=records, progress=progress), records
+
+
+def in_split(records: Sequence[Record], split: str | None) -> list[Record]:
+    """The records of ``split``; ``None`` or ``"all"`` keeps every record.
+
+    Raises:
+        ConfigError: ``split`` is not one of ``records.SPLITS`` (nor ``"all"``).
+    """
+    check_split(split)
+    if split is None or split == "all":
+        return list(records)
+    return [r for r in records if r.split == split]
+
+
+def check_split(split: str | None) -> None:
+    """Raise :class:`ConfigError` unless ``split`` is None, ``"all"`` or one of ``SPLITS``."""
+    if split is not None and split != "all" and split not in SPLITS:
+        raise ConfigError(f"split {split!r} is not one of {SPLITS}")
+
+
 def open_cache(
     data: DataConfig, *, records: Sequence[Record] | None = None, progress: bool = True
 ) -> Cache:

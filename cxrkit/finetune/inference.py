@@ -57,9 +57,11 @@ def open_split(
     )
     if not data.manifest or not data.cache:
         raise ConfigError(f"{model_path}: the detector names no manifest/cache; give them")
-    opened = loading.open_cache(data, progress=progress)
-    records = loading.load_records(data, split=None if split == "all" else split, cache=opened)
-    return Split(model, config, opened, records, engine.inference_device(device))
+    loading.check_split(split)  # a misspelt split fails before the cache is opened or built
+    opened, records = loading.open_records(data, progress=progress)
+    return Split(
+        model, config, opened, loading.in_split(records, split), engine.inference_device(device)
+    )
 
 
 @dataclass
