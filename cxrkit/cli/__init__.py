@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "finetune": "cxrkit.cli.finetune",
     "multitask": "cxrkit.cli.multitask",
     "eval": "cxrkit.cli.eval",
+    "reproduce": "cxrkit.cli.reproduce",
     "demo": "cxrkit.cli.demo",
 }
 
