@@ -8,6 +8,7 @@ dropped with its label: it was pushed (almost) out of the image and no longer sh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,15 +41,51 @@ _STRENGTHS = {
 _KINDS = ("classification", "detection")
 
 
-def default_augment(
-    *, kind: str, size: int, strength: str = "light", hflip: bool = False
-) -> A.Compose:
-    """The default training augmentation for chest X-rays.
+TRANSFORMS = (
+    "hflip",
+    "affine",
+    "shift",
+    "rotate",
+    "brightness_contrast",
+    "gamma",
+    "sharpen",
+    "blur",
+    "noise",
+)
+"""The named transforms of :func:`default_augment` (``transforms=[...]``), each one albumentations
+transform:
 
-    Small affine jitter (zoom, shift, rotation; zero fill) and brightness/contrast, then a resize to
-    ``size x size``. Grayscale throughout: no hue, saturation or colour jitter. Boxes go through as
-    pascal_voc with label field :data:`BOX_LABEL_FIELD` and are clipped; masks follow the image with
-    nearest interpolation.
+- ``hflip``: horizontal flip, p = 0.5 (not gated by the strength's ``p``).
+- ``affine``: zoom, shift and rotation together (the default jitter).
+- ``shift``: translation only; ``rotate``: rotation only (the screening thesis lists them
+  separately, without zoom).
+- ``brightness_contrast``: brightness and contrast.
+- ``gamma``: gamma correction; ``sharpen``: unsharp-style sharpening; ``blur``: Gaussian blur;
+  ``noise``: additive Gaussian noise.
+
+Magnitudes come from the strength (``light`` / ``strong``); each transform except ``hflip`` fires
+with the strength's probability.
+"""
+
+DEFAULT_TRANSFORMS = ("affine", "brightness_contrast")
+"""What :func:`default_augment` applies when ``transforms`` is not given (cxrkit's choice)."""
+
+
+def default_augment(
+    *,
+    kind: str,
+    size: int,
+    strength: str = "light",
+    hflip: bool = False,
+    transforms: Sequence[str] | None = None,
+) -> A.Compose:
+    """The training augmentation for chest X-rays.
+
+    By default small affine jitter (zoom, shift, rotation; zero fill) and brightness/contrast, then
+    a resize to ``size x size``; ``transforms`` names another list (:data:`TRANSFORMS`). Grayscale
+    throughout: no hue, saturation or colour jitter. Boxes go through as pascal_voc with label
+    field :data:`BOX_LABEL_FIELD` and are clipped; masks follow the image with nearest
+    interpolation (intensity transforms leave masks and boxes alone).
 
     Args:
         kind: ``"classification"`` or ``"detection"``. Detection rotates half as much, bounds
@@ -56,14 +93,17 @@ def default_augment(
             box with under a quarter of its area left in the image.
         size: output side in pixels. Use the cache's side (``data.preprocess.size``) so that boxes
             stay in cache pixels; a smaller side trains at a lower resolution than the cache.
-        strength: ``"light"`` or ``"strong"``.
-        hflip: add a random horizontal flip (p = 0.5). Off by default: a chest X-ray is not
-            mirror-symmetric (heart and aortic arch on the left, laterality markers), so a flipped
-            film is an anatomically impossible image and turns left-sided findings into right-sided
-            ones; enable it only for findings whose appearance does not depend on the side.
+        strength: ``"light"`` or ``"strong"``: the magnitudes and probability.
+        hflip: add a random horizontal flip (p = 0.5) in front of ``transforms``. Off by
+            default: a chest X-ray is not mirror-symmetric (heart and aortic arch on the left,
+            laterality markers), so a flipped film is an anatomically impossible image and turns
+            left-sided findings into right-sided ones; papers that flip say so in their config.
+        transforms: names from :data:`TRANSFORMS`, applied in this order (default
+            :data:`DEFAULT_TRANSFORMS`); ``["hflip"]`` is a flip and nothing else, ``[]`` only the
+            resize.
 
     Raises:
-        ConfigError: unknown ``kind`` or ``strength``, or ``size < 16``.
+        ConfigError: unknown ``kind``, ``strength`` or transform, or ``size < 16``.
     """
     if kind not in _KINDS:
         raise ConfigError(f"augmentation kind {kind!r} is not one of {_KINDS}")
@@ -71,24 +111,49 @@ def default_augment(
         raise ConfigError(f"augmentation strength {strength!r} is not one of {tuple(_STRENGTHS)}")
     if size < 16:
         raise ConfigError(f"augmentation size must be at least 16 pixels, got {size}")
+    names = list(DEFAULT_TRANSFORMS if transforms is None else transforms)
+    unknown = [n for n in names if n not in TRANSFORMS]
+    if unknown:
+        raise ConfigError(
+            f"augmentation transform {unknown[0]!r} is not one of {', '.join(TRANSFORMS)}"
+        )
+    if hflip and "hflip" not in names:
+        names.insert(0, "hflip")
     s = _STRENGTHS[strength]
     detection = kind == "detection"
     rotate = s.rotate / 2 if detection else s.rotate
-    transforms: list[Any] = [A.HorizontalFlip(p=0.5)] if hflip else []
-    transforms += [
-        A.Affine(
+    geometry = {
+        "border_mode": cv2.BORDER_CONSTANT,
+        "fill": 0,
+        "fill_mask": 0,
+        "rotate_method": "ellipse" if detection else "largest_box",
+        "p": s.p,
+    }
+    shift = {"x": (-s.translate, s.translate), "y": (-s.translate, s.translate)}
+    factories = {
+        "hflip": lambda: A.HorizontalFlip(p=0.5),
+        "affine": lambda: A.Affine(
             scale=(1 - s.scale, 1 + s.scale),
-            translate_percent={"x": (-s.translate, s.translate), "y": (-s.translate, s.translate)},
+            translate_percent=shift,
             rotate=(-rotate, rotate),
-            rotate_method="ellipse" if detection else "largest_box",
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=0,
-            fill_mask=0,
-            p=s.p,
+            **geometry,
         ),
-        A.RandomBrightnessContrast(brightness_limit=s.intensity, contrast_limit=s.intensity, p=s.p),
-        A.Resize(height=size, width=size),
-    ]
+        "shift": lambda: A.Affine(translate_percent=shift, **geometry),
+        "rotate": lambda: A.Affine(rotate=(-rotate, rotate), **geometry),
+        "brightness_contrast": lambda: A.RandomBrightnessContrast(
+            brightness_limit=s.intensity, contrast_limit=s.intensity, p=s.p
+        ),
+        # gamma in percent: 100 +- 100 x intensity
+        "gamma": lambda: A.RandomGamma(
+            gamma_limit=(100 * (1 - s.intensity), 100 * (1 + s.intensity)), p=s.p
+        ),
+        "sharpen": lambda: A.Sharpen(alpha=(0.1, 0.1 + s.intensity), lightness=(1.0, 1.0), p=s.p),
+        "blur": lambda: A.GaussianBlur(blur_limit=(3, 5), p=s.p),
+        # std as a fraction of the uint8 range: 0.1 x intensity (2.5 grey levels when light)
+        "noise": lambda: A.GaussNoise(std_range=(0.0, 0.1 * s.intensity), p=s.p),
+    }
+    pipeline: list[Any] = [factories[n]() for n in names]
+    pipeline.append(A.Resize(height=size, width=size))
     bbox_params = A.BboxParams(
         format="pascal_voc",
         label_fields=[BOX_LABEL_FIELD],
@@ -98,7 +163,7 @@ def default_augment(
         min_visibility=0.25 if detection else 0.0,
         filter_invalid_bboxes=True,
     )
-    return A.Compose(transforms, bbox_params=bbox_params)
+    return A.Compose(pipeline, bbox_params=bbox_params)
 
 
 def check_augment(augment: Any, *, needs_boxes: bool, dataset: str) -> None:

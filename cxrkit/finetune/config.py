@@ -114,10 +114,20 @@ class AugmentConfig:
     # detectron2's default pipeline flips horizontally; off here because a mirrored chest film is
     # anatomically impossible (heart on the right). augment.hflip=true to match detectron2.
     hflip: bool = False
+    # the named transforms (cxrkit.data.augmentation.TRANSFORMS) in order; null = affine jitter +
+    # brightness/contrast (cxrkit's default). [hflip] is a flip and nothing else.
+    transforms: list[str] | None = None
 
     def __post_init__(self) -> None:
+        from cxrkit.data.augmentation import TRANSFORMS
+
         if self.strength not in ("light", "strong"):
             raise ValueError(f"augment.strength must be 'light' or 'strong', got {self.strength!r}")
+        unknown = [t for t in self.transforms or () if t not in TRANSFORMS]
+        if unknown:
+            raise ValueError(
+                f"augment.transforms: {unknown[0]!r} is not one of {', '.join(TRANSFORMS)}"
+            )
 
 
 @dataclass

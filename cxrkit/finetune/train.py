@@ -46,7 +46,11 @@ def detection_dataset(
     transform = None
     if augment is not None and augment.enabled:
         transform = augmentation.default_augment(
-            kind="detection", size=size, strength=augment.strength, hflip=augment.hflip
+            kind="detection",
+            size=size,
+            strength=augment.strength,
+            hflip=augment.hflip,
+            transforms=augment.transforms,
         )
     return datasets.DetectionDataset(
         records=records, cache=cache, classes=classes, augment=transform

@@ -374,6 +374,38 @@ def test_default_augment_options():
         augmentation.default_augment(kind="detection", size=SIZE, strength="extreme")
 
 
+def test_named_transforms_build_exactly_the_list_in_order():
+    flip_only = augmentation.default_augment(kind="detection", size=SIZE, transforms=["hflip"])
+    assert [type(t) for t in flip_only.transforms] == [A.HorizontalFlip, A.Resize]
+    thesis = augmentation.default_augment(
+        kind="classification",
+        size=SIZE,
+        transforms=["shift", "rotate", "gamma", "sharpen", "blur", "noise"],
+    )
+    kinds = [type(t) for t in thesis.transforms]
+    assert kinds == [
+        A.Affine,
+        A.Affine,
+        A.RandomGamma,
+        A.Sharpen,
+        A.GaussianBlur,
+        A.GaussNoise,
+        A.Resize,
+    ]
+    shift, rotate = thesis.transforms[0], thesis.transforms[1]
+    # shift does not zoom or rotate; rotate does not shift or zoom
+    assert shift.rotate == (0, 0) and rotate.translate_px["x"] == (0, 0)
+    assert shift.scale["x"] == (1, 1) and rotate.scale["x"] == (1, 1)
+    # the default is unchanged: affine jitter then brightness/contrast
+    default = augmentation.default_augment(kind="detection", size=SIZE)
+    assert [type(t) for t in default.transforms] == [A.Affine, A.RandomBrightnessContrast, A.Resize]
+    image = (np.arange(96 * 96) % 251).astype(np.uint8).reshape(96, 96)
+    out = thesis(image=image, bboxes=np.zeros((0, 4)), box_labels=np.zeros(0))
+    assert out["image"].shape == (SIZE, SIZE) and out["image"].dtype == np.uint8
+    with pytest.raises(ConfigError, match="'zoom' is not one of hflip"):
+        augmentation.default_augment(kind="detection", size=SIZE, transforms=["zoom"])
+
+
 # ------------------------------------------------------------------------------------------------
 # Workers and batching
 
