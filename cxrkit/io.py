@@ -161,16 +161,62 @@ def load_torch(path: str | Path, *, what: str, hint: str, mmap: bool = False) ->
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: {what} not found; {hint}")
+    with path.open("rb") as f:
+        head = f.read(132)
+    kind = _file_kind(head)
+    if kind is not None:
+        raise CheckpointError(f"{path}: this is {kind}, not a {what}; {hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        # torch's message advises weights_only=False: never pass that on; keep the line that
+        # names what the file holds
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next(
+            (line for line in lines if "Unsupported" in line or "WeightsUnpickler" in line),
+            "not a torch file",
+        )
         raise CheckpointError(
             f"{path}: refused to load this {what}: it holds objects other than tensors and plain "
-            f"containers ({first}); cxrkit loads files only with weights_only=True"
+            f"containers ({detail}); cxrkit loads files only with weights_only=True, so that "
+            "loading a file never runs code from it"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable {what} ({exc})") from None
+
+
+# Leading bytes of files people pass by mistake where a torch file belongs.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"PAR1", "a Parquet file (a manifest?)"),
+    (b"\x1f\x8b", "a gzip file (unpack it first?)"),
+)
+
+
+def _file_kind(head: bytes) -> str | None:
+    """What a file that is not a torch file is, from its first bytes; None for a torch file (zip
+    or pickle) or anything unrecognised."""
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    if not head:
+        return None  # empty: torch's own error says so
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    if head[128:132] == b"DICM":
+        return "a DICOM file"
+    text = head.lstrip()
+    if text[:1] in (b"{", b"["):
+        return "a JSON file"
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return "a text file (YAML, CSV or a config?)"
 
 
 def load_model(path: str | Path, *, kind: str, hint: str) -> dict[str, Any]:

@@ -15,6 +15,13 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("CXRKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def _empty_torch_cache(tmp_path_factory, monkeypatch):
+    """Every test sees an empty torch cache: ``init: imagenet`` without a path looks there
+    (cxrkit.models.weights), and a developer's downloaded weights must not change a test."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the real sample data (nih/, dicom/, chestx-det/); skips the test when absent."""

@@ -88,9 +88,32 @@ def test_model_file_errors_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     torch.save({"state_dict": {}, "config": {}, "x": Payload()}, tmp_path / "evil.pt")
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="weights_only=True") as caught:
         io.load_model(tmp_path / "evil.pt", kind="detector", hint="")
     assert not (tmp_path / "pwned").exists()
+    # torch's advice to turn weights_only off is never passed on; what the file holds is
+    assert "weights_only=False" not in str(caught.value)
+    assert "weights_only` set to `False`" not in str(caught.value)
+    assert "Unsupported global" in str(caught.value) or "WeightsUnpickler" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kind"),
+    [
+        ("scan.png", b"\x89PNG\r\n\x1a\n" + bytes(32), "a PNG image"),
+        ("scan.jpg", b"\xff\xd8\xff\xe0" + bytes(32), "a JPEG image"),
+        ("scan.dcm", bytes(128) + b"DICM" + bytes(32), "a DICOM file"),
+        ("ensemble.json", b'  {"members": []}', "a JSON file"),
+        ("config.yaml", b"model:\n  init: random\n", "a text file"),
+    ],
+)
+def test_a_file_of_another_kind_is_named_instead_of_unpickled(tmp_path, name, content, kind):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(CheckpointError) as caught:
+        io.load_model(tmp_path / name, kind="detector", hint="train one with `cxrkit finetune`")
+    message = str(caught.value)
+    assert f"this is {kind}" in message and "not a detector model file" in message
+    assert "train one with `cxrkit finetune`" in message and "weights_only" not in message
 
 
 def test_check_output_dir_names_the_problem(tmp_path: Path) -> None:

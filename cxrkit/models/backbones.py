@@ -23,7 +23,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from cxrkit.errors import ConfigError, DataError, MissingFileError
+from cxrkit import io
+from cxrkit.errors import CheckpointError, ConfigError, DataError, MissingFileError
 from cxrkit.models.weights import IMAGENET_FILES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -65,13 +66,18 @@ class InputAdapter(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
-def _missing_weights(path: Path, arch: str) -> MissingFileError:
-    return MissingFileError(
-        f"{path}: weights file not found. Give the path of an existing file: torchvision's "
-        f"ImageNet {arch} weights (download {IMAGENET_FILES[arch]} once, e.g. with "
-        f"`curl -LO {IMAGENET_FILES[arch]}`), a backbone.pth exported by `cxrkit pretrain`, or a "
-        "pretrain checkpoint (.ckpt); or set the weights to null for random initialisation"
+def _weights_hint(arch: str) -> str:
+    return (
+        f"give the path of an existing file: torchvision's ImageNet {arch} weights (download "
+        f"{IMAGENET_FILES[arch]} once, e.g. with `curl -LO {IMAGENET_FILES[arch]}`), a "
+        "backbone.pth exported by `cxrkit pretrain`, or a pretrain checkpoint (.ckpt); or "
+        "init=random (model.init=random in a stage config) for random initialisation"
     )
+
+
+def _missing_weights(path: Path, arch: str) -> MissingFileError:
+    hint = _weights_hint(arch)
+    return MissingFileError(f"{path}: weights file not found. {hint[0].upper()}{hint[1:]}")
 
 
 def _check_arch(arch: str) -> None:
@@ -123,9 +129,9 @@ def load_backbone_state(path: str | Path, *, arch: str = "resnet50") -> dict[str
     if not path.is_file():
         raise _missing_weights(path, arch)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors all mean "not a weights file"
-        raise DataError(f"{path}: cannot be read as a PyTorch weights file ({exc})") from exc
+        obj = io.load_torch(path, what=f"{arch} weights file", hint=_weights_hint(arch))
+    except CheckpointError as exc:  # torn, not a torch file, or unsafe to unpickle
+        raise DataError(f"{path}: cannot be read as a PyTorch weights file ({exc})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         # A Lightning checkpoint: keep only the backbone of the module.
         state = {
