@@ -22,7 +22,10 @@ and the file may no longer be on this machine.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -150,6 +153,31 @@ def _uses_gpu(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
+# Lightning's lines that say nothing about the run: hardware it does not use, advertisements,
+# and the restatement of a default. The rest (the stop reason, Tensor Core and worker hints,
+# every warning) stays.
+_NOISE = re.compile(
+    r"^(?:GPU|TPU|HPU|IPU) available: "
+    r"|^💡 Tip: "
+    r"|^`Trainer\(val_check_interval=1\.0\)` was configured so validation will run at the end"
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _NOISE.search(record.getMessage())
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's banner and advertisement lines (idempotent); warnings still show."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in log.filters):
+            log.addFilter(_DropNoise())
+    # Lightning's own pytree helper trips torch's deprecation of LeafSpec on every step
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def build_trainer(
     *,
     config: TrainerConfig,
@@ -173,6 +201,7 @@ def build_trainer(
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    quiet_lightning()
     output_dir = Path(output_dir)
     ckpt_dir = output_dir / CHECKPOINT_DIR
     periodic = ModelCheckpoint(

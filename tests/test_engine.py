@@ -281,3 +281,13 @@ def test_inference_device_and_loader():
     assert batches[0]["image"].shape == (2, 1, 2, 2)
     dropped = engine.build_loader(items, batch_size=2, num_workers=0, train=True, drop_last=True)
     assert len(list(dropped)) == 2
+
+
+def test_lightning_banners_are_dropped_and_the_stop_reason_kept(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        _run(tmp_path / "run", max_steps=2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "available: " in m or m.startswith("💡")], messages
+    assert any("`Trainer.fit` stopped: `max_steps=2` reached" in m for m in messages), messages
