@@ -63,14 +63,50 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     batch_size: int = 32  # per device
-    num_workers: int = 4
+    # loader worker processes per training process, or "auto": :func:`auto_workers` (resolved
+    # when the config is loaded; the saved config.yaml records the number used)
+    num_workers: int | str = 4
     on_error: str = "fail"  # fail | skip, for building the cache
 
     def __post_init__(self) -> None:
         if self.on_error not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {self.on_error!r}")
+        if isinstance(self.num_workers, str):
+            text = self.num_workers.strip().lower()
+            if text == "auto":
+                self.num_workers = auto_workers()
+            elif text.isdigit():
+                self.num_workers = int(text)
+            else:
+                raise ValueError(
+                    f"data.num_workers must be a number or 'auto', got {self.num_workers!r}"
+                )
         if self.batch_size < 1 or self.num_workers < 0:
-            raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+            raise ValueError("data.batch_size must be >= 1 and data.num_workers >= 0")
+
+
+AUTO_WORKERS_CAP = 16
+"""The most loader workers ``num_workers: auto`` starts (cxrkit's choice: beyond this a single
+training process rarely gains, and each worker holds a copy of the dataset's state)."""
+
+
+def auto_workers() -> int:
+    """``num_workers: auto``: the CPU cores this process may use, less one for the training
+    process itself, capped at :data:`AUTO_WORKERS_CAP` and divided among the GPUs of a multi-GPU
+    node (``LOCAL_WORLD_SIZE`` / ``SLURM_NTASKS_PER_NODE`` when a launcher sets them)."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    ranks = 1
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            ranks = int(value)
+            break
+    return max(0, min(AUTO_WORKERS_CAP, cores // ranks - 1))
 
 
 @dataclass
@@ -81,7 +117,9 @@ class TrainerConfig:
     devices: str = "auto"  # "auto", a count ("4") or a list ("0,1")
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ddp_find_unused_parameters_true | ...
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    # 32-true | bf16-mixed | 16-mixed | bf16-true, or auto: bf16-mixed on a GPU that supports
+    # bfloat16, else 32-true (resolved when the trainer is built: see resolve_precision)
+    precision: str = "32-true"
     max_epochs: int = 1
     max_steps: int = -1  # -1: bounded by max_epochs
     accumulate_grad_batches: int = 1
@@ -97,7 +135,7 @@ class TrainerConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
+        if self.precision not in ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
             raise ValueError(f"precision {self.precision!r} is not supported")
         if self.accumulate_grad_batches < 1 or self.num_nodes < 1:
             raise ValueError("accumulate_grad_batches and num_nodes must be >= 1")

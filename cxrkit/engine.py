@@ -178,6 +178,16 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``precision: auto`` as the machine allows: ``bf16-mixed`` when training runs on a CUDA GPU
+    that supports bfloat16 (Ampere and later), else ``32-true``; any other value as given."""
+    if precision != "auto":
+        return precision
+    if _uses_gpu(accelerator) and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
 def build_trainer(
     *,
     config: TrainerConfig,
@@ -242,7 +252,7 @@ def build_trainer(
         devices=_devices(config.devices),
         num_nodes=_num_nodes(config.num_nodes),
         strategy=config.strategy,
-        precision=config.precision,  # type: ignore[arg-type]
+        precision=resolve_precision(config.precision, config.accelerator),  # type: ignore[arg-type]
         max_epochs=config.max_epochs if max_epochs is None else max_epochs,
         max_steps=config.max_steps,
         accumulate_grad_batches=config.accumulate_grad_batches,

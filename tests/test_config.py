@@ -96,3 +96,31 @@ def test_trainer_device_forms_that_run():
     ]:
         cfg = config.load(StageConfig, overrides=[f"trainer.devices='{text}'"])
         assert _devices(cfg.trainer.devices) == parsed
+
+
+def test_num_workers_auto_is_resolved_from_the_cores_and_the_ranks(monkeypatch):
+    import os
+
+    from cxrkit.config import AUTO_WORKERS_CAP, DataConfig, auto_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(40)), raising=False)
+    assert auto_workers() == AUTO_WORKERS_CAP
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 40 cores for 8 GPU processes: 5 each
+    assert auto_workers() == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert auto_workers() == 0
+    assert config.load(DataConfig, overrides=["num_workers=auto"]).num_workers == 0
+    assert config.load(DataConfig, overrides=["num_workers=6"]).num_workers == 6
+    with pytest.raises(ConfigError, match="num_workers must be a number or 'auto'"):
+        config.load(DataConfig, overrides=["num_workers=many"])
+
+
+def test_precision_auto_is_32_bit_without_a_gpu():
+    from cxrkit.config import TrainerConfig
+    from cxrkit.engine import resolve_precision
+
+    assert config.load(TrainerConfig, overrides=["precision=auto"]).precision == "auto"
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"  # as given
