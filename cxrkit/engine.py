@@ -438,6 +438,7 @@ def prepare_run(
     data: DataConfig | None = None,
     splits: Sequence[str] = (),
     seed: int | None = None,
+    schedule_keys: Sequence[str] = (),
 ) -> Run:
     """Set up a stage's run: the one preamble every ``fit`` shares.
 
@@ -447,6 +448,12 @@ def prepare_run(
     config is saved; and when ``data`` is given the manifest is read once, the cache opened (built
     on first use) and each split in ``splits`` kept.
 
+    Args:
+        schedule_keys: dotted config keys the stage's learning-rate schedule is built from (e.g.
+            ``trainer.max_steps`` for a cosine schedule; a key ending in ``.`` covers a whole
+            section). A resumed run whose saved config differs in one is refused
+            (:func:`check_schedule_unchanged`).
+
     Raises:
         ConfigError, MissingFileError, CheckpointError, DataError: as the steps above.
     """
@@ -454,6 +461,8 @@ def prepare_run(
 
     out = io.check_output_dir(Path(config.output_dir))
     checkpoint = resolve_resume(out, resume)
+    if checkpoint is not None and schedule_keys:
+        check_schedule_unchanged(config, out, checkpoint=checkpoint, keys=schedule_keys)
     L.seed_everything(config.trainer.seed if seed is None else seed, workers=True)
     save_run_config(config, out)
     run = Run(output_dir=out, checkpoint=checkpoint)
@@ -463,6 +472,51 @@ def prepare_run(
         run.cache, records = loading.open_records(data)
         run.records = {split: loading.in_split(records, split) for split in splits}
     return run
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, Mapping):
+        return {prefix[:-1]: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def check_schedule_unchanged(
+    config: Any, output_dir: Path, *, checkpoint: str, keys: Sequence[str]
+) -> None:
+    """Refuse to resume when a key the learning-rate schedule is built from has changed.
+
+    The schedule's state comes back from the checkpoint as it was: a cosine built for 1,000 steps
+    and resumed with ``trainer.max_steps=2000`` would train the extra 1,000 steps at the old
+    schedule's floor, silently. The run's saved ``config.yaml`` says what it was built with; a
+    run without one (older runs) is not checked.
+
+    Raises:
+        ConfigError: naming each changed key, its two values, and the two ways on.
+    """
+    import yaml
+
+    saved_file = Path(output_dir) / CONFIG_FILE
+    if not saved_file.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_file.read_text()) or {})
+    wanted = _flatten(config_io.to_dict(config))
+    changed = []
+    for key in keys:
+        names = [k for k in wanted if k.startswith(key)] if key.endswith(".") else [key]
+        for name in names:
+            if name in saved and name in wanted and saved[name] != wanted[name]:
+                changed.append(f"{name} {saved[name]!r} -> {wanted[name]!r}")
+    if changed:
+        raise ConfigError(
+            f"{output_dir}: cannot resume from {checkpoint} with {', '.join(changed)}: the "
+            "learning-rate schedule was built for the old value and would continue as it was "
+            "(at its floor once past the old end). To train longer, start a new output_dir from "
+            "this run's weights (model.init=checkpoint model.weights=...), or pass --resume never "
+            "to start over with the new value"
+        )
 
 
 def build_loader(

@@ -291,3 +291,30 @@ def test_lightning_banners_are_dropped_and_the_stop_reason_kept(tmp_path, caplog
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "available: " in m or m.startswith("💡")], messages
     assert any("`Trainer.fit` stopped: `max_steps=2` reached" in m for m in messages), messages
+
+
+def test_resume_with_a_changed_schedule_length_is_refused(tmp_path):
+    from dataclasses import dataclass, field
+
+    from cxrkit.errors import ConfigError
+
+    @dataclass
+    class _Stage:
+        output_dir: str = ""
+        trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    out = tmp_path / "run"
+    first = _Stage(output_dir=str(out), trainer=_config(max_steps=4))
+    engine.prepare_run(first, schedule_keys=("trainer.max_steps",))
+    _run(out, max_steps=4)  # leaves checkpoints/last.ckpt; config.yaml is the one above
+    longer = _Stage(output_dir=str(out), trainer=_config(max_steps=8))
+    with pytest.raises(ConfigError, match=r"trainer.max_steps 4 -> 8.*--resume never"):
+        engine.prepare_run(longer, schedule_keys=("trainer.max_steps",))
+    with pytest.raises(ConfigError, match=r"trainer.max_steps 4 -> 8"):
+        engine.prepare_run(longer, schedule_keys=("trainer.",))
+    # the same length resumes; a key outside the schedule may change; --resume never starts over
+    same = _Stage(output_dir=str(out), trainer=_config(max_steps=4, log_every_n_steps=3))
+    assert engine.prepare_run(same, schedule_keys=("trainer.max_steps",)).resuming
+    assert not engine.prepare_run(
+        longer, resume=False, schedule_keys=("trainer.max_steps",)
+    ).resuming
