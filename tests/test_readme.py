@@ -1,0 +1,152 @@
+"""The README runs as written: every ``cxrkit ...`` command in its code blocks parses.
+
+Each command is parsed by the real parser; a training form's ``--config`` files must exist in the
+repository and its ``key=value`` overrides must be keys of the stage's schema (the config is loaded
+as the command would load it); a subcommand's options are parsed by that subcommand's own parser.
+A README edit that renames an option, a key or a config file fails here.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from cxrkit import cli
+from cxrkit.cli import common
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def _schemas():
+    from cxrkit import finetune, multitask, pretrain
+
+    return {
+        ("pretrain", None): pretrain.Config,
+        ("pretrain", "linear-eval"): pretrain.LinearEvalConfig,
+        ("finetune", None): finetune.Config,
+        ("multitask", None): multitask.Config,
+    }
+
+
+def readme_commands(text: str) -> list[tuple[int, list[str]]]:
+    """``(line number, argv after 'cxrkit')`` for each cxrkit command in the bash blocks."""
+    commands = []
+    in_block = False
+    pending, start = "", 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            in_block = line.strip() in ("```bash", "```sh", "```console") and not in_block
+            continue
+        if not in_block:
+            continue
+        if not pending:
+            start = number
+        pending += line.rstrip().removesuffix("\\") + " "
+        if line.rstrip().endswith("\\"):
+            continue
+        for part in re.split(r"\s*(?:&&|;|\|)\s*", pending):
+            words = shlex.split(part, comments=True)
+            if words and words[0] == "cxrkit":
+                commands.append((start, words[1:]))
+        pending = ""
+    return commands
+
+
+COMMANDS = readme_commands(README.read_text())
+
+
+def test_the_readme_has_commands_for_every_stage():
+    used = {argv[0] for _, argv in COMMANDS if argv}
+    assert {"demo", "prepare", "preprocess", "pretrain", "finetune", "multitask", "eval"} <= used
+
+
+def _check_training_form(command, sub, args, line):
+    schema = _schemas().get((command, sub))
+    if schema is None:
+        return
+    for f in args.config:
+        assert (ROOT / f).is_file(), f"README line {line}: config file {f} is not in the repo"
+    run = common.run_args(args, form=command, example="x.yaml")
+    common.load_config(schema, run)  # unknown keys and bad values raise ConfigError
+
+
+class _Parsed(Exception):
+    """Raised by the patched ``parse_args`` once an action's own parser accepted its words."""
+
+
+def _parse_only(monkeypatch):
+    import argparse
+
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_args(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+
+
+def _check_action(module_name, args, line, monkeypatch):
+    """A command whose actions parse their own words (``multitask predict ...``)."""
+    import importlib
+
+    actions = getattr(importlib.import_module(module_name), "ACTIONS", {})
+    found = common.subcommand(args, tuple(actions))
+    if found is None:
+        _check_training_form(args.command, None, args, line)
+        return
+    name, words = found
+    _parse_only(monkeypatch)
+    try:
+        actions[name](words)
+    except _Parsed:
+        return
+    except SystemExit:
+        pytest.fail(f"README line {line}: `cxrkit {args.command} {name}` rejects {words}")
+    pytest.fail(f"README line {line}: `cxrkit {args.command} {name}` did not parse its options")
+
+
+@pytest.mark.parametrize(("line", "argv"), COMMANDS, ids=[f"line{n}" for n, _ in COMMANDS])
+def test_readme_command_parses(line, argv, monkeypatch):
+    parser = cli.build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"README line {line}: `cxrkit {shlex.join(argv)}` does not parse")
+    func = args.func
+    if not (isinstance(func, functools.partial) and func.func is common.dispatch):
+        return
+    subcommands = func.keywords["subcommands"]
+    if not subcommands:  # a training command that dispatches its own actions
+        _check_action(cli.COMMANDS[args.command], args, line, monkeypatch)
+        return
+    found = common.subcommand(args, tuple(subcommands))
+    if found is None:
+        _check_training_form(args.command, None, args, line)
+        return
+    name, words = found
+    try:
+        sub_args = subcommands[name][0]().parse_args(words)
+    except SystemExit:
+        pytest.fail(f"README line {line}: `cxrkit {args.command} {name}` rejects {words}")
+    if hasattr(sub_args, "config") and hasattr(sub_args, "args"):
+        _check_training_form(args.command, name, sub_args, line)
+
+
+def test_the_extractor_joins_continuations_and_drops_comments():
+    text = "```bash\n# cxrkit nothing\ncxrkit a --x 1 \\\n    k=v  # note\npip x && cxrkit b\n```\n"
+    assert readme_commands(text) == [(3, ["a", "--x", "1", "k=v"]), (5, ["b"])]
+
+
+def test_python_m_cxrkit_runs_the_same_cli():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "cxrkit", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("cxrkit ")
