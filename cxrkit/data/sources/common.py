@@ -281,6 +281,16 @@ def errors_csv_for(out: Path) -> Path:
     return out.with_name(f"{out.stem}_errors.csv")
 
 
+def write_errors(issues: Issues, *, out: Path) -> Path | None:
+    """Write the skipped items of the file ``out`` to ``<out_stem>_errors.csv`` and return it; with
+    nothing skipped, remove a stale one (it would describe another run) and return None."""
+    errors = errors_csv_for(out)
+    if issues:
+        return issues.write_csv(errors)
+    errors.unlink(missing_ok=True)
+    return None
+
+
 # --------------------------------------------------------------------------------- splits, writing
 @dataclass
 class Prepared:
@@ -371,10 +381,7 @@ def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSumm
             + (f" ({len(issues)} skipped, see {errors})" if issues else "")
         )
     write_manifest(records, out, warnings=prepared.warnings)
-    if issues:
-        issues.write_csv(errors)
-    else:
-        errors.unlink(missing_ok=True)
+    write_errors(issues, out=out)
     return ManifestSummary(
         path=out,
         records=len(records),
