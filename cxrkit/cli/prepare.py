@@ -58,6 +58,11 @@ CHESTXDET_EPILOG = """examples:
   # annotations only (no images here): 1024x1024 assumed; views from a CSV (file_name,view)
   cxrkit prepare chestxdet --root /data/ChestX-Det --metadata-only --views views.csv \\
       --out chestxdet.parquet
+
+  # views, patient ids and NIH labels from each image's NIH original, found by its pixels
+  # (exact copies, re-encoded or resized); unmatched images keep view unknown
+  cxrkit prepare chestxdet --root /data/ChestX-Det --nih-manifest nih.parquet \\
+      --nih-index nih_fingerprints.npz --out chestxdet.parquet
 """
 
 CSV_EPILOG = """examples:
@@ -167,6 +172,17 @@ def register(subparsers: Any) -> None:
         help="images need not exist: 1024x1024 assumed",
     )
     det.add_argument("--no-masks", action="store_true", help="keep boxes, do not draw masks")
+    det.add_argument(
+        "--nih-manifest",
+        type=Path,
+        help="NIH manifest (cxrkit prepare nih, images present): find each image's NIH original "
+        "by its pixels and take its view and patient id (matches in <out_stem>_nih_matches.csv)",
+    )
+    det.add_argument(
+        "--nih-index",
+        type=Path,
+        help="NIH fingerprints (.npz) kept between runs (see cxrkit match --index)",
+    )
     det.set_defaults(func=prepare_chestxdet)
 
     own = add("csv", "your own data: a CSV manifest, or a bare folder of images", CSV_EPILOG)
@@ -224,6 +240,11 @@ def prepare_chestxdet(args: argparse.Namespace) -> int:
     prepared = sources.prepare_chestxdet(
         **options(args, "root", "train_json", "test_json", "views", "metadata_only"),
         masks_dir=None if args.no_masks else sources.masks_dir_for(args.out),
+        nih_manifest=args.nih_manifest,
+        nih_index=args.nih_index,
+        matches_csv=args.out.with_name(f"{args.out.stem}_nih_matches.csv")
+        if args.nih_manifest is not None
+        else None,
         **_run_options(args),
     )
     return finish(prepared, args)
@@ -274,6 +295,8 @@ def finish(prepared: sources.Prepared, args: argparse.Namespace) -> int:
             f"  note: {len(summary.leaked)} patients have images in more than one split of the "
             f"given split (first: {summary.leaked[0]})"
         )
+    for note in summary.notes:
+        print(f"  {note}")
     for warning in summary.warnings:
         print(f"  warning: {warning}")
     if summary.errors_file is not None:

@@ -303,12 +303,14 @@ class Prepared:
             split, else None.
         warnings: what the user must know about these records (e.g. patient ids that are only
             image ids); printed in the summary and kept in the manifest's metadata.
+        notes: what the summary also says (e.g. how many images were matched to NIH).
     """
 
     records: list[Record]
     issues: Issues
     official_lists: tuple[Path, Path] | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def split_fractions(fractions: str | Mapping[str, float]) -> dict[str, float]:
@@ -356,6 +358,7 @@ class ManifestSummary:
     skipped: int
     errors_file: Path | None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSummary:
@@ -393,4 +396,5 @@ def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSumm
         skipped=len(issues),
         errors_file=errors if issues else None,
         warnings=list(prepared.warnings),
+        notes=list(prepared.notes),
     )
