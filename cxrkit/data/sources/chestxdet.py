@@ -39,6 +39,7 @@ from cxrkit.data.sources.common import (
     read_csv,
     read_many,
     resolve_input,
+    write_png,
 )
 from cxrkit.data.vocab import (
     CHESTXDET,
@@ -426,8 +427,6 @@ def write_masks(
     masks_dir: Path,
 ) -> dict[str, str]:
     """Rasterise each finding's polygons (united) and write ``masks_dir/<id>.<finding>.png``."""
-    import cv2
-
     by_finding: dict[str, list] = defaultdict(list)
     for finding, _, polygon in shapes:
         if polygon:
@@ -438,13 +437,6 @@ def write_masks(
     paths = {}
     for finding, polygons in by_finding.items():
         mask = polygon_mask(polygons, width=record.width, height=record.height, scale=scale)
-        ok, encoded = cv2.imencode(".png", mask)
-        path = masks_dir / mask_file_name(record.image_id, finding)
-        try:
-            if not ok:
-                raise OSError("PNG encoding failed")
-            atomic_write(path, encoded.tobytes())
-        except OSError as exc:
-            raise DataError(f"{path}: cannot write mask ({exc})") from exc
+        path = write_png(masks_dir / mask_file_name(record.image_id, finding), mask, what="mask")
         paths[finding] = str(path)
     return paths

@@ -24,6 +24,7 @@ from cxrkit.errors import CxrkitError, DataError, ImageReadError, MissingFileErr
 from cxrkit.io import atomic_write
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from cxrkit.data.records import Record
@@ -269,6 +270,23 @@ def probe_image(path: Path) -> dict[str, Any]:
         "patient_id": "",
         "pixel_spacing": None,
     }
+
+
+def write_png(path: Path, pixels: np.ndarray, *, what: str) -> Path:
+    """Encode uint8 or uint16 (H, W) ``pixels`` as PNG and write ``path`` atomically.
+
+    Raises:
+        DataError: the encoder or the write failed (the message names the file and ``what``).
+    """
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", pixels)
+    try:
+        if not ok:
+            raise OSError("PNG encoding failed")
+        return atomic_write(path, encoded.tobytes())
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write {what} ({exc})") from exc
 
 
 def masks_dir_for(out: Path) -> Path:
