@@ -21,13 +21,15 @@ Each image gets a :class:`Fingerprint` from its decoded pixels:
 3. a ``thumb``: the same grey version at ``thumb_size`` px (uint8), for the pixel correlation that
    confirms a candidate.
 
-A query without an exact copy looks up its candidates in a multi-index: each 64-bit hash is cut
-into ``bands`` bands and a reference is a candidate when one band of its pHash or dHash equals the
-query's (the pigeonhole principle: any hash within ``bands - 1`` bits shares a band), so a query
-costs a few bucket look-ups, not a pass over 112,120 references. Candidates within
-``max_distance`` bits (either hash) are confirmed by the Pearson correlation of the thumbnails;
-the best one at or above ``min_correlation`` is the match unless a second one ties with it
-(within ``tie_margin``): then the query is *ambiguous*, and no reference is chosen for it.
+A query without an exact copy looks up its candidates in a multi-index: the 64-bit pHash is cut
+into ``bands`` bands of 16 bits, and a reference is a candidate when one of its bands equals the
+query's band or differs from it in one bit (multi-probe: 17 look-ups per band). By the pigeonhole
+principle any pHash within ``2 * bands - 1`` = 7 bits has such a band, so a query costs 68 bucket
+look-ups, not a pass over 112,120 references. (dHash is not banded: on chest X-rays many of its
+bits are nearly constant, and one 8-bit band value holds over half of the NIH sample.)
+Candidates within ``max_distance`` bits (either hash) are confirmed by the Pearson correlation of
+the thumbnails; the best one at or above ``min_correlation`` is the match unless a second one
+ties with it (within ``tie_margin``): then the query is *ambiguous*, and no reference is chosen.
 
 The thresholds are cxrkit's own, measured on the shared 117-image NIH sample: JPEG quality 90
 and 512 px copies correlate >= 0.9999 with their original at 32 px and lie within 2 bits of its
@@ -73,15 +75,16 @@ class Settings:
     """How candidates are found and confirmed (cxrkit's own choices; see the module docstring).
 
     Attributes:
-        bands: bands each 64-bit hash is cut into for the multi-index (a divisor of 64); a copy
-            within ``bands - 1`` bits of either hash is always a candidate.
+        bands: bands the 64-bit pHash is cut into for the multi-index (a divisor of 64); each
+            band is probed as it is and with each of its bits flipped, so a reference within
+            ``2 * bands - 1`` bits of the query's pHash is always a candidate.
         max_distance: candidates further than this (Hamming bits) on both hashes are dropped.
         min_correlation: the thumbnails' Pearson correlation a match needs.
         tie_margin: a second reference within this much of the best one makes the query ambiguous.
         thumb_size: side of the thumbnails that are correlated (px).
     """
 
-    bands: int = 8
+    bands: int = 4
     max_distance: int = 10
     min_correlation: float = 0.99
     tie_margin: float = 0.001
@@ -209,8 +212,8 @@ def images_of(spec: str | Path) -> list[ImageRef]:
         raise MissingFileError(f"{spec}: neither a folder of images nor a manifest")
     if spec.suffix.lower() not in _MANIFEST_SUFFIXES:
         raise DataError(f"{spec}: expected a folder of images or a .parquet manifest")
-    return [
-        ImageRef(key=r.image_id, path=r.path, split=r.split, source=r.source)
+    return [  # absolute paths, so that a file is recognised when both sides list it
+        ImageRef(key=r.image_id, path=os.path.abspath(r.path), split=r.split, source=r.source)
         for r in read_manifest(spec)
     ]
 
@@ -270,9 +273,7 @@ class Index:
         for i, h in enumerate(self.pixel_hashes):
             self._exact[h].append(i)
         self._buckets = [
-            _buckets(_band(hashes, b, self.settings.bands))
-            for hashes in (self.phash, self.dhash)
-            for b in range(self.settings.bands)
+            _buckets(_band(self.phash, b, self.settings.bands)) for b in range(self.settings.bands)
         ]
 
     def __len__(self) -> int:
@@ -283,16 +284,16 @@ class Index:
         return list(self._exact.get(pixel_hash, ()))
 
     def candidates(self, print_: Fingerprint) -> np.ndarray:
-        """Rows sharing at least one band of pHash or dHash with ``print_`` (sorted, unique)."""
+        """Rows with a pHash band equal to ``print_``'s or one bit from it (sorted, unique)."""
         bands = self.settings.bands
-        query = [(print_.phash, b) for b in range(bands)] + [
-            (print_.dhash, b) for b in range(bands)
-        ]
-        found = [
-            bucket.get(_band_of(value, b, bands))
-            for bucket, (value, b) in zip(self._buckets, query, strict=True)
-        ]
-        found = [f for f in found if f is not None]
+        width = 64 // bands
+        found = []
+        for b, bucket in enumerate(self._buckets):
+            value = _band_of(print_.phash, b, bands)
+            for probe in (value, *(value ^ (1 << bit) for bit in range(width))):
+                rows = bucket.get(probe)
+                if rows is not None:
+                    found.append(rows)
         return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
 
     def duplicate_groups(self) -> list[list[str]]:
@@ -407,7 +408,13 @@ def load_index(path: str | Path, *, settings: Settings | None = None) -> Index:
             arrays["keys"], arrays["paths"], arrays["splits"], arrays["sources"], strict=True
         )
     ]
-    settings = settings or Settings(thumb_size=int(arrays["thumbs"].shape[-1]))
+    stored = int(arrays["thumbs"].shape[-1])
+    settings = settings or Settings(thumb_size=stored)
+    if settings.thumb_size != stored:
+        raise DataError(
+            f"{path}: built with {stored} px thumbnails, not {settings.thumb_size} (delete it to "
+            "rebuild)"
+        )
     return Index(
         refs=refs,
         pixel_hashes=[str(h) for h in arrays["pixel_hashes"]],

@@ -60,9 +60,9 @@ def test_pixel_hash_is_of_decoded_pixels(tmp_path):
     assert matching.fingerprint(image.reshape(64, 256)).pixel_hash not in hashes
 
 
-def test_banded_index_finds_every_hash_within_bands_minus_one_bits():
+def test_banded_index_finds_every_hash_within_its_promise():
     rng = np.random.default_rng(0)
-    n, bands = 2000, 8
+    n, bands = 2000, 4
     settings = matching.Settings(bands=bands, max_distance=64, min_correlation=-1.0)
     phash = rng.integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64) * np.uint64(2)
     dhash = rng.integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64)
@@ -76,7 +76,7 @@ def test_banded_index_finds_every_hash_within_bands_minus_one_bits():
     )
     for trial in range(200):
         i = int(rng.integers(n))
-        flips = rng.choice(64, size=bands - 1, replace=False)  # the most the promise covers
+        flips = rng.choice(64, size=2 * bands - 1, replace=False)  # the most the promise covers
         query_hash = int(phash[i])
         for bit in flips:
             query_hash ^= 1 << int(bit)
@@ -84,6 +84,13 @@ def test_banded_index_finds_every_hash_within_bands_minus_one_bits():
         found = index.candidates(print_)
         assert i in found, trial
         assert len(found) < n // 4  # a few buckets, not a pass over every reference
+    # the promise is tight: two flipped bits in every band hide a reference
+    flips = [16 * b + k for b in range(bands) for k in (3, 11)]
+    query_hash = int(phash[0])
+    for bit in flips:
+        query_hash ^= 1 << bit
+    print_ = matching.Fingerprint("q", query_hash, 0, np.zeros((8, 8)))
+    assert 0 not in index.candidates(print_)
 
 
 def test_settings_are_checked():
