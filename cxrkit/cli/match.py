@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,12 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
+def _progress(side: str, done: int, total: int) -> None:
+    """One stderr line per 1,000 images (and the last): 112,120 NIH images take a while."""
+    if done % 1000 == 0 or done == total:
+        print(f"fingerprinted {done}/{total} {side} images", file=sys.stderr, flush=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     from cxrkit.data import matching
     from cxrkit.errors import ConfigError
@@ -104,6 +111,7 @@ def _run(args: argparse.Namespace) -> int:
         settings=settings,
         on_error=args.on_error,
         workers=args.workers,
+        progress=_progress,
     )
     c = summary.counts
     print(

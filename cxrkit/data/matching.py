@@ -599,6 +599,7 @@ def run(
     settings: Settings | None = None,
     on_error: str = "fail",
     workers: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Summary:
     """``cxrkit match``: match ``query`` (folder or manifest) against ``reference`` (manifest or
     folder), write ``out`` (the matches CSV), ``<stem>_report.json`` and, when images were
@@ -608,6 +609,7 @@ def run(
         index_file: the reference's fingerprints: read when it exists (images whose key and path
             it holds are not read again), then written with the current reference.
         on_error: ``fail`` at the first unreadable image, or ``skip`` it and list it.
+        progress: called as ``progress("reference" | "query", done, total)`` per image.
     """
     import json
 
@@ -617,14 +619,23 @@ def run(
     reuse = None
     if index_file is not None and Path(index_file).is_file():
         reuse = load_index(index_file, settings=settings)
+
+    def step(side: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else lambda done, total: progress(side, done, total)
+
     index = build_index(
-        images_of(reference), settings=settings, issues=issues, workers=workers, reuse=reuse
+        images_of(reference),
+        settings=settings,
+        issues=issues,
+        workers=workers,
+        reuse=reuse,
+        progress=step("reference"),
     )
     if index_file is not None:
         index.save(index_file)
     skipped_references = len(issues)
     queries = images_of(query)
-    matches = match(queries, index, issues=issues, workers=workers)
+    matches = match(queries, index, issues=issues, workers=workers, progress=step("query"))
     report = report_for(matches, index, skipped=len(issues) - skipped_references)
     report["query"], report["reference"] = str(query), str(reference)
     report["skipped_references"] = skipped_references
