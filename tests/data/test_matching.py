@@ -273,3 +273,31 @@ def test_nih_originals_recovered_from_renamed_reencoded_resized_copies(shared_da
     others = [r for r in rows if r["query"] not in truth]
     assert all(r["status"] == "unmatched" and r["reference_image_id"] == "" for r in others)
     assert summary.counts["unmatched"] == len(held_out) + 3 and summary.counts["ambiguous"] == 0
+
+
+def test_dicom_originals_and_their_negatives(shared_data, tmp_path):
+    """A DICOM reference is matched by its decoded pixels: an 8-bit PNG export of NIH's DICOM is
+    exact, a JPEG of SIIM's CR is a fingerprint match, and the MONOCHROME1 copy of the same
+    stored pixels (decoded as the negative) matches nothing."""
+    from cxrkit.data.images import read_image
+
+    dicom = shared_data / "dicom"
+    nih_dcm = dicom / "1.3.6.1.4.1.11129.5.5.110503645592756492463169821050252582267888.dcm"
+    siim_dcm = dicom / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+    reference = [
+        matching.ImageRef(key="nih", path=str(nih_dcm)),
+        matching.ImageRef(key="siim", path=str(siim_dcm)),
+    ]
+    query = tmp_path / "q"
+    query.mkdir()
+    cv2.imwrite(str(query / "nih.png"), read_image(nih_dcm)[0].astype(np.uint8))
+    siim = np.clip(read_image(siim_dcm)[0], 0, 255).astype(np.uint8)
+    cv2.imwrite(str(query / "siim.jpg"), siim, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    negative = tmp_path / "neg"
+    negative.mkdir()
+    (negative / "fake.dcm").write_bytes((dicom / "Fake_MONOHR1.dcm").read_bytes())
+    index = matching.build_index(reference)
+    got = {m.query.key: m for m in matching.match(refs_of(query) + refs_of(negative), index)}
+    assert (got["nih"].reference, got["nih"].method) == ("nih", "exact")
+    assert (got["siim"].reference, got["siim"].method) == ("siim", "fingerprint")
+    assert got["fake"].status == "unmatched"
