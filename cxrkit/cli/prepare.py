@@ -117,7 +117,7 @@ MASKS_EPILOG = """examples:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``prepare {nih,vindr,chestxdet,csv}`` to the ``cxrkit`` command."""
+    """Add ``prepare {nih,vindr,chestxdet,csv,jsrt,montgomery,shenzhen,masks}`` to ``cxrkit``."""
     parser = add_command(
         subparsers,
         "prepare",
@@ -244,12 +244,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="keep JSRT's stored values (default: 4095 - value, so that bone is bright)",
     )
-    jsrt.set_defaults(func=prepare_organs)
+    jsrt.set_defaults(func=prepare_organs, masks=None)
     montgomery = add("montgomery", "Montgomery County lung masks (ManualMask)", ORGANS_EPILOG)
-    montgomery.set_defaults(func=prepare_organs)
+    montgomery.set_defaults(func=prepare_organs, scr=None, masks=None, jsrt_no_invert=False)
     shenzhen = add("shenzhen", "Shenzhen with its lung masks (<stem>_mask.png)", ORGANS_EPILOG)
     shenzhen.add_argument("--masks", type=Path, help="lung masks folder (default: --root/mask)")
-    shenzhen.set_defaults(func=prepare_organs)
+    shenzhen.set_defaults(func=prepare_organs, scr=None, jsrt_no_invert=False)
 
     masks = sources.add_parser(
         "masks",
@@ -338,9 +338,8 @@ def prepare_organs(args: argparse.Namespace) -> int:
         root=args.root,
         masks_dir=sources.masks_dir_for(args.out),
         images_dir=args.out.with_name(f"{args.out.stem}_images"),
-        scr=getattr(args, "scr", None),
-        masks=getattr(args, "masks", None),
-        invert=not getattr(args, "jsrt_no_invert", False),
+        invert=not args.jsrt_no_invert,
+        **options(args, "scr", "masks"),
         fractions=args.split_fractions,
         **options(args, "seed", "on_error"),
     )
