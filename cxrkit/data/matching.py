@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,7 @@ INDEX_FORMAT = "cxrkit-fingerprints-1"
 _HASH_SIZE = 8  # imagehash's default: 8 x 8 = 64 bits
 _GREY_SIZE = 128  # the common small size every fingerprint starts from
 _MANIFEST_SUFFIXES = (".parquet",)
+_INDEX_ARRAYS = ("keys", "paths", "splits", "sources", "pixel_hashes", "phash", "dhash", "thumbs")
 
 
 @dataclass(frozen=True)
@@ -398,9 +400,10 @@ def load_index(path: str | Path, *, settings: Settings | None = None) -> Index:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable fingerprint index ({exc})") from exc
-    if arrays.get("format") is None or str(arrays["format"]) != INDEX_FORMAT:
+    missing = {"format", *_INDEX_ARRAYS} - set(arrays)
+    if missing or str(arrays["format"]) != INDEX_FORMAT:
         raise DataError(f"{path}: not a cxrkit fingerprint index ({INDEX_FORMAT})")
     refs = [
         ImageRef(key=str(k), path=str(p), split=str(s), source=str(o))

@@ -14,7 +14,7 @@ import pytest
 from cxrkit.data import matching, sources
 from cxrkit.data.records import Record, write_manifest
 from cxrkit.data.sources import Issues
-from cxrkit.errors import ImageReadError
+from cxrkit.errors import DataError, ImageReadError
 from cxrkit.synth import render_phantom
 
 RGBA = {"00001369_000", "00002578_000", "00003400_003", "00011322_006", "00014223_009"}
@@ -205,6 +205,11 @@ def test_index_round_trip_and_reuse(tmp_path, phantoms):
     assert [r.key for r in loaded.refs] == [r.key for r in index.refs]
     assert loaded.pixel_hashes == index.pixel_hashes
     assert np.array_equal(loaded.phash, index.phash) and np.array_equal(loaded.thumbs, index.thumbs)
+    (tmp_path / "torn.npz").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DataError, match="torn.npz: not a readable fingerprint index"):
+        matching.load_index(tmp_path / "torn.npz")
+    with pytest.raises(DataError, match="built with 32 px thumbnails"):
+        matching.load_index(path, settings=matching.Settings(thumb_size=16))
     # reused fingerprints are not read again: the files may even be gone
     (ref / "r00.png").unlink()
     again = matching.build_index(refs_of(tmp_path / "ref") + [index.refs[0]], reuse=loaded)
