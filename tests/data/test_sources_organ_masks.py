@@ -237,3 +237,29 @@ def test_prepare_masks_attaches_by_image_id(tmp_path, capsys):
     assert fitted_path.startswith(str(tmp_path / "nih_organs_masks"))  # beside the new manifest
     assert np.array_equal(cv2.imread(fitted_path, cv2.IMREAD_UNCHANGED) > 0, lung)
     assert got["00000000_000"].view == "AP" and got["00000000_000"].labels == {"Effusion": 1}
+
+
+def test_jsrt_records_go_through_the_cache_with_their_masks(jsrt_scr, tmp_path):
+    """The segmentation head reads organ masks from the cache: the JSRT PNG and its SCR masks
+    must pass the preprocess size checks and come out aligned at the cache's size."""
+    from cxrkit.config import PreprocessConfig
+    from cxrkit.data.cache import Cache
+    from cxrkit.data.preprocess import build_cache
+
+    jsrt, scr, drawn = jsrt_scr
+    records = organ_masks.load_jsrt(
+        root=jsrt, scr=scr, images_dir=tmp_path / "images", masks_dir=tmp_path / "masks"
+    )
+    recipe = PreprocessConfig(size=64, clahe=False)
+    build_cache(records=records, out_dir=tmp_path / "cache", recipe=recipe, progress=False)
+    cache = Cache(tmp_path / "cache")
+    for record in records:
+        assert cache.load(record.image_id).shape == (64, 64)
+        lung = cache.load_mask(record.image_id, "lung")
+        expected = cv2.resize(
+            (drawn["left lung"] | drawn["right lung"]).astype(np.uint8),
+            (64, 64),
+            interpolation=cv2.INTER_AREA,
+        )
+        assert lung.shape == (64, 64) and np.mean((lung > 127) != (expected > 0)) < 0.03
+        assert cache.load_mask(record.image_id, "heart") is not None
