@@ -99,7 +99,8 @@ def test_prepare_chestxdet_takes_views_and_patients_from_nih(chestxdet_of_nih, t
     assert "unknown 2" in printed
 
 
-def test_nih_manifest_needs_the_images(chestxdet_of_nih):
-    root, nih_manifest, _, _ = chestxdet_of_nih
-    with pytest.raises(DataError, match="needs the images"):
-        sources.prepare_chestxdet(root=root, metadata_only=True, nih_manifest=nih_manifest)
+def test_nih_manifest_needs_the_images(tmp_path):
+    with pytest.raises(DataError, match="needs the images"):  # refused before any file is read
+        sources.prepare_chestxdet(
+            root=tmp_path, metadata_only=True, nih_manifest=tmp_path / "nih.parquet"
+        )
