@@ -22,6 +22,7 @@ from cxrkit.errors import CxrkitError
 COMMANDS: dict[str, str] = {
     "synth": "cxrkit.cli.synth",
     "prepare": "cxrkit.cli.prepare",
+    "match": "cxrkit.cli.match",
     "preprocess": "cxrkit.cli.preprocess",
     "pretrain": "cxrkit.cli.pretrain",
     "finetune": "cxrkit.cli.finetune",

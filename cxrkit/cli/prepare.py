@@ -1,5 +1,5 @@
-"""``cxrkit prepare {nih,vindr,chestxdet,csv}``: a dataset's own files -> one Parquet manifest
-with patient-level splits (:mod:`cxrkit.data.sources`).
+"""``cxrkit prepare {nih,vindr,chestxdet,csv,jsrt,montgomery,shenzhen,masks}``: a dataset's own
+files -> one Parquet manifest with patient-level splits (:mod:`cxrkit.data.sources`).
 
 Each handler calls its adapter's ``prepare_*`` function, writes the result with
 :func:`~cxrkit.data.sources.write_prepared` and prints what it wrote.
@@ -58,6 +58,11 @@ CHESTXDET_EPILOG = """examples:
   # annotations only (no images here): 1024x1024 assumed; views from a CSV (file_name,view)
   cxrkit prepare chestxdet --root /data/ChestX-Det --metadata-only --views views.csv \\
       --out chestxdet.parquet
+
+  # views, patient ids and NIH labels from each image's NIH original, found by its pixels
+  # (exact copies, re-encoded or resized); unmatched images keep view unknown
+  cxrkit prepare chestxdet --root /data/ChestX-Det --nih-manifest nih.parquet \\
+      --nih-index nih_fingerprints.npz --out chestxdet.parquet
 """
 
 CSV_EPILOG = """examples:
@@ -86,8 +91,33 @@ Boxes (--boxes) are in original pixels.
 """
 
 
+ORGANS_EPILOG = """examples:
+  # JSRT (.IMG: raw 2048x2048 12-bit big-endian, no header) with the SCR masks (GIFs at 1024):
+  # images become 16-bit PNGs in jsrt_images/, masks lung/heart/clavicle PNGs in jsrt_masks/
+  cxrkit prepare jsrt --root /data/JSRT --scr /data/SCR --out jsrt.parquet
+
+  # Montgomery County: CXR_png/*.png, ManualMask/leftMask/*.png, ManualMask/rightMask/*.png
+  cxrkit prepare montgomery --root /data/MontgomerySet --out montgomery.parquet
+
+  # Shenzhen: CXR_png/*.png and lung masks <stem>_mask.png (default folder: --root/mask)
+  cxrkit prepare shenzhen --root /data/ChinaSet_AllFiles --masks /data/shenzhen/mask \\
+      --out shenzhen.parquet
+
+Records: view PA; patient id = image id (the releases have none: splits are by image);
+mask_paths lung (both lungs), heart and clavicle where the set has them, at the image's size.
+Labels: JSRT Nodule (JPCLN/JPCNN), Montgomery and Shenzhen Tuberculosis (_0/_1).
+"""
+
+MASKS_EPILOG = """examples:
+  # organ masks kept by image id (lung/00000001_000.png or lung/00000001_000_mask.png) onto an
+  # NIH manifest; masks of another size but the same aspect ratio are scaled (nearest neighbour)
+  cxrkit prepare masks --manifest nih.parquet --mask lung=/data/nih_lungs \\
+      --mask heart=/data/nih_hearts --out nih_organs.parquet
+"""
+
+
 def register(subparsers: Any) -> None:
-    """Add ``prepare {nih,vindr,chestxdet,csv}`` to the ``cxrkit`` command."""
+    """Add ``prepare {nih,vindr,chestxdet,csv,jsrt,montgomery,shenzhen,masks}`` to ``cxrkit``."""
     parser = add_command(
         subparsers,
         "prepare",
@@ -167,6 +197,17 @@ def register(subparsers: Any) -> None:
         help="images need not exist: 1024x1024 assumed",
     )
     det.add_argument("--no-masks", action="store_true", help="keep boxes, do not draw masks")
+    det.add_argument(
+        "--nih-manifest",
+        type=Path,
+        help="NIH manifest (cxrkit prepare nih, images present): find each image's NIH original "
+        "by its pixels and take its view and patient id (matches in <out_stem>_nih_matches.csv)",
+    )
+    det.add_argument(
+        "--nih-index",
+        type=Path,
+        help="NIH fingerprints (.npz) kept between runs (see cxrkit match --index)",
+    )
     det.set_defaults(func=prepare_chestxdet)
 
     own = add("csv", "your own data: a CSV manifest, or a bare folder of images", CSV_EPILOG)
@@ -196,6 +237,44 @@ def register(subparsers: Any) -> None:
     )
     own.set_defaults(func=prepare_csv)
 
+    jsrt = add("jsrt", "JSRT (.IMG) with the SCR lung/heart/clavicle masks", ORGANS_EPILOG)
+    jsrt.add_argument("--scr", type=Path, help="SCR masks folder (fold1/masks/left lung/...)")
+    jsrt.add_argument(
+        "--jsrt-no-invert",
+        action="store_true",
+        help="keep JSRT's stored values (default: 4095 - value, so that bone is bright)",
+    )
+    jsrt.set_defaults(func=prepare_organs, masks=None)
+    montgomery = add("montgomery", "Montgomery County lung masks (ManualMask)", ORGANS_EPILOG)
+    montgomery.set_defaults(func=prepare_organs, scr=None, masks=None, jsrt_no_invert=False)
+    shenzhen = add("shenzhen", "Shenzhen with its lung masks (<stem>_mask.png)", ORGANS_EPILOG)
+    shenzhen.add_argument("--masks", type=Path, help="lung masks folder (default: --root/mask)")
+    shenzhen.set_defaults(func=prepare_organs, scr=None, jsrt_no_invert=False)
+
+    masks = sources.add_parser(
+        "masks",
+        help="attach organ masks kept by image id to a manifest's records",
+        description="attach organ masks kept by image id to a manifest's records",
+        epilog=MASKS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    masks.add_argument("--manifest", type=Path, required=True, help="the manifest to extend")
+    masks.add_argument(
+        "--mask",
+        action="append",
+        required=True,
+        metavar="NAME=FOLDER",
+        help="mask name (lung, heart, ...) and its folder of <image_id>[_mask].png (repeatable)",
+    )
+    masks.add_argument("--out", type=Path, required=True, help="manifest to write (.parquet)")
+    masks.add_argument(
+        "--on-error",
+        choices=ON_ERROR,
+        default="fail",
+        help="fail: stop at the first bad mask (default); skip: leave the image out and list it",
+    )
+    masks.set_defaults(func=prepare_masks)
+
 
 def prepare_nih(args: argparse.Namespace) -> int:
     """``cxrkit prepare nih``."""
@@ -224,6 +303,11 @@ def prepare_chestxdet(args: argparse.Namespace) -> int:
     prepared = sources.prepare_chestxdet(
         **options(args, "root", "train_json", "test_json", "views", "metadata_only"),
         masks_dir=None if args.no_masks else sources.masks_dir_for(args.out),
+        nih_manifest=args.nih_manifest,
+        nih_index=args.nih_index,
+        matches_csv=args.out.with_name(f"{args.out.stem}_nih_matches.csv")
+        if args.nih_manifest is not None
+        else None,
         **_run_options(args),
     )
     return finish(prepared, args)
@@ -243,6 +327,50 @@ def prepare_csv(args: argparse.Namespace) -> int:
         patient_ids=not args.no_patient_ids,
         **options(args, "root", "source", "seed", "on_error"),
     )
+    return finish(prepared, args)
+
+
+def prepare_organs(args: argparse.Namespace) -> int:
+    """``cxrkit prepare {jsrt,montgomery,shenzhen}``; masks go to ``<out_stem>_masks/``, JSRT's
+    PNG copies to ``<out_stem>_images/``."""
+    prepared = sources.prepare_organ_set(
+        source=args.source,
+        root=args.root,
+        masks_dir=sources.masks_dir_for(args.out),
+        images_dir=args.out.with_name(f"{args.out.stem}_images"),
+        invert=not args.jsrt_no_invert,
+        **options(args, "scr", "masks"),
+        fractions=args.split_fractions,
+        **options(args, "seed", "on_error"),
+    )
+    return finish(prepared, args)
+
+
+def prepare_masks(args: argparse.Namespace) -> int:
+    """``cxrkit prepare masks``: the manifest's records with organ masks attached by image id."""
+    from cxrkit.data.records import manifest_warnings, read_manifest
+    from cxrkit.errors import ConfigError
+
+    folders = {}
+    for item in args.mask:
+        name, sep, folder = item.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise ConfigError(f"--mask {item!r}: expected NAME=FOLDER (e.g. lung=/data/lungs)")
+        folders[name.strip()] = Path(folder.strip())
+    issues = sources.Issues(on_error=args.on_error)
+    records, notes = sources.attach_masks(
+        read_manifest(args.manifest),
+        masks=folders,
+        masks_dir=sources.masks_dir_for(args.out),
+        issues=issues,
+    )
+    prepared = sources.Prepared(
+        records=records,
+        issues=issues,
+        notes=notes,
+        warnings=manifest_warnings(args.manifest),
+    )
+    args.root = args.manifest
     return finish(prepared, args)
 
 
@@ -274,6 +402,8 @@ def finish(prepared: sources.Prepared, args: argparse.Namespace) -> int:
             f"  note: {len(summary.leaked)} patients have images in more than one split of the "
             f"given split (first: {summary.leaked[0]})"
         )
+    for note in summary.notes:
+        print(f"  {note}")
     for warning in summary.warnings:
         print(f"  warning: {warning}")
     if summary.errors_file is not None:

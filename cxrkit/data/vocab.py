@@ -12,7 +12,7 @@ so a manifest can be compared with the papers that use the source.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cxrkit.errors import DataError
@@ -169,6 +169,42 @@ CHESTXDET_FINDINGS = (
 )
 CHESTXDET_NO_FINDING = "No Finding"
 CHESTXDET = ClassTable(source="ChestX-Det", names=(*CHESTXDET_FINDINGS, CHESTXDET_NO_FINDING))
+
+# KCR 2025 (Kang et al., abstract): five findings -- consolidation (CSN), pneumothorax (PTX), nodule
+# or mass (NDL), fibrosis (FIB), pleural effusion (PEF) -- scored under the names cxrkit's KCR
+# configs use (NIH spellings, configs/multitask/kcr_model1.yaml), so that a model trained on NIH
+# labels and the ChestX-Det external set name the same outputs.
+KCR_FINDINGS = ("Consolidation", "Pneumothorax", "Nodule/Mass", "Fibrosis", "Effusion")
+
+# ChestX-Det class names behind each KCR finding (configs/kcr/chestxdet_findings.yaml writes the
+# same table as finding groups). The abstract evaluates on ChestX-Det but does not give its class
+# mapping; this one is cxrkit's choice: "Diffuse Nodule" counts as nodule/mass because ChestX-Det
+# re-annotated NIH images, whose "Nodule" label covers multiple and diffuse nodules.
+CHESTXDET_KCR: dict[str, tuple[str, ...]] = {
+    "Consolidation": ("Consolidation",),
+    "Pneumothorax": ("Pneumothorax",),
+    "Nodule/Mass": ("Nodule", "Mass", "Diffuse Nodule"),
+    "Fibrosis": ("Fibrosis",),
+    "Effusion": ("Effusion",),
+}
+# The ChestX-Det classes no KCR finding uses (listed, so that leaving them out is a decision).
+CHESTXDET_NOT_KCR = (
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Emphysema",
+    "Fracture",
+    "Pleural Thickening",
+)
+
+
+def finding_entries(table: Mapping[str, Sequence[str]]) -> list[str]:
+    """A finding -> members table as finding entries (``"Nodule/Mass=Nodule|Mass"``; a finding
+    that is its own single member stays a plain name), the form configs' ``findings`` take."""
+    return [
+        name if tuple(members) == (name,) else f"{name}={'|'.join(members)}"
+        for name, members in table.items()
+    ]
 
 
 # View names seen in DICOM ViewPosition tags, NIH's "View Position" and hospital exports, mapped to

@@ -11,8 +11,10 @@ coordinates in the 1024 x 1024 images' pixels. Images are PNGs in ``train/`` and
 folder whose name starts with the split name) or directly in ``--root``.
 
 Record contract: ``image_id`` = file name without extension; ``patient_id`` = image_id (the file
-names are Deepwise's own numbers, with no patient or NIH mapping, so patient-level grouping is not
-possible); ``view`` from an optional CSV (``file_name,view``), else unknown; ``labels`` = 0/1 for
+names are Deepwise's own numbers, with no patient or NIH mapping); ``view`` from an optional CSV
+(``file_name,view``), else unknown. ChestX-Det's images are NIH ChestX-ray14 images: with an NIH
+manifest, :func:`attach_nih` finds each one's original by its pixels and takes the NIH view and
+patient id (and keeps NIH's labels and image id in ``meta``); ``labels`` = 0/1 for
 all 13 classes and ``"No Finding"`` (the annotation is exhaustive for its 13 classes); ``split`` =
 the JSON it came from (train/test). Each finding's polygons are united into one mask, written as a
 uint8 PNG (0 / 255, the image's size) ``<masks_dir>/<image_id>.<finding>.png``; ``mask_paths`` maps
@@ -37,6 +39,7 @@ from cxrkit.data.sources.common import (
     read_csv,
     read_many,
     resolve_input,
+    write_png,
 )
 from cxrkit.data.vocab import (
     CHESTXDET,
@@ -251,16 +254,25 @@ def prepare_chestxdet(
     views: str | Path | None = None,
     masks_dir: str | Path | None = None,
     metadata_only: bool = False,
+    nih_manifest: str | Path | None = None,
+    nih_index: str | Path | None = None,
+    matches_csv: str | Path | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
     on_error: str = "fail",
 ) -> Prepared:
     """ChestX-Det as split records (``cxrkit prepare chestxdet``): its official train/test kept,
-    ``val_fraction`` of the train patients moved to val. Other arguments: :func:`load_chestxdet`;
-    ``on_error``: ``"fail"`` or ``"skip"``."""
+    ``val_fraction`` of the train patients moved to val. Other arguments: :func:`load_chestxdet`
+    and :func:`attach_nih` (with ``nih_manifest``, before the validation patients are drawn, so
+    that they are real patients); ``on_error``: ``"fail"`` or ``"skip"``."""
     from cxrkit.data import splits
 
     issues = Issues(on_error=on_error)
+    if nih_manifest is not None and metadata_only:
+        raise DataError(
+            "--nih-manifest matches ChestX-Det's images by their pixels: it needs the images, "
+            "not --metadata-only"
+        )
     records = load_chestxdet(
         root=root,
         train_json=train_json,
@@ -270,8 +282,117 @@ def prepare_chestxdet(
         metadata_only=metadata_only,
         issues=issues,
     )
+    notes: list[str] = []
+    warnings: list[str] = []
+    if nih_manifest is not None:
+        records, notes, warnings = attach_nih(
+            records,
+            nih_manifest=nih_manifest,
+            index_file=nih_index,
+            matches_csv=matches_csv,
+            issues=issues,
+        )
     records = splits.carve_validation(records, val_fraction=val_fraction, seed=seed)
-    return Prepared(records=records, issues=issues)
+    return Prepared(records=records, issues=issues, notes=notes, warnings=warnings)
+
+
+def attach_nih(
+    records: list[Record],
+    *,
+    nih_manifest: str | Path,
+    index_file: str | Path | None = None,
+    matches_csv: str | Path | None = None,
+    issues: Issues | None = None,
+    workers: int | None = None,
+) -> tuple[list[Record], list[str], list[str]]:
+    """Give each ChestX-Det record what its NIH original knows (:mod:`cxrkit.data.matching`).
+
+    A matched record takes the NIH ``view`` and ``patient_id``; its ``meta`` gains
+    ``nih_image_id``, ``nih_labels`` (NIH's text-mined labels, kept apart from ChestX-Det's own
+    ``labels``, which its radiologists annotated) and ``nih_match`` (``method``, ``score``). An
+    unmatched or ambiguous record keeps view ``unknown`` and its image id as patient id, with
+    ``meta["nih_match"]["status"]`` saying which.
+
+    Args:
+        nih_manifest: the NIH manifest (``cxrkit prepare nih``), its images on this machine.
+        index_file: the NIH fingerprints (``.npz``), reused and rewritten (see
+            :func:`cxrkit.data.matching.run`).
+        matches_csv: where to write the matches CSV and its ``_report.json``; None: not written.
+        issues: unreadable images (raised unless skipping; a skipped ChestX-Det image is dropped).
+
+    Returns:
+        The records (unreadable ones left out), notes for the summary (the match counts) and
+        warnings (images without an NIH original; two ChestX-Det images of one NIH image).
+    """
+    import json
+
+    from cxrkit.data import matching
+    from cxrkit.data.records import read_manifest
+
+    issues = issues if issues is not None else Issues()
+    nih = {r.image_id: r for r in read_manifest(nih_manifest)}
+    reuse = None
+    if index_file is not None and Path(index_file).is_file():
+        reuse = matching.load_index(index_file)
+    index = matching.build_index(
+        matching.images_of(nih_manifest), issues=issues, workers=workers, reuse=reuse
+    )
+    if index_file is not None:
+        index.save(index_file)
+    queries = [
+        matching.ImageRef(key=r.image_id, path=r.path, split=r.split, source=SOURCE)
+        for r in records
+    ]
+    matches = {m.query.key: m for m in matching.match(queries, index, issues=issues)}
+    if matches_csv is not None:
+        matching.write_matches(matches.values(), matches_csv)
+        report = matching.report_for(list(matches.values()), index)
+        atomic_write(
+            matching.report_path_for(Path(matches_csv)), json.dumps(report, indent=2) + "\n"
+        )
+    kept = []
+    for record in records:
+        m = matches.get(record.image_id)
+        if m is None:  # unreadable, skipped
+            continue
+        kept.append(record)
+        if m.status != "matched":
+            record.meta["nih_match"] = {"status": m.status, "candidates": list(m.candidates)}
+            continue
+        original = nih[m.reference]
+        record.view = original.view
+        record.patient_id = original.patient_id
+        record.meta["nih_image_id"] = original.image_id
+        record.meta["nih_labels"] = dict(original.labels)
+        record.meta["nih_match"] = {"status": "matched", "method": m.method, "score": m.score}
+    statuses = [m.status for m in matches.values()]
+    exact = sum(m.status == "matched" and m.method == "exact" for m in matches.values())
+    matched = statuses.count("matched")
+    notes = [
+        f"NIH originals: {matched} of {len(kept)} matched ({exact} exact, {matched - exact} by "
+        f"fingerprint), {statuses.count('unmatched')} unmatched, "
+        f"{statuses.count('ambiguous')} ambiguous"
+        + (f"; matches in {matches_csv}" if matches_csv is not None else "")
+    ]
+    warnings = []
+    if matched < len(kept):
+        warnings.append(
+            f"{len(kept) - matched} of {len(kept)} ChestX-Det images have no NIH original "
+            "(unmatched or ambiguous): their view is unknown and their patient id is their "
+            "image id"
+        )
+    by_original: dict[str, list[str]] = defaultdict(list)
+    for m in matches.values():
+        if m.status == "matched":
+            by_original[m.reference].append(m.query.key)
+    shared = {k: v for k, v in by_original.items() if len(v) > 1}
+    if shared:
+        first = next(iter(shared.items()))
+        warnings.append(
+            f"{len(shared)} NIH images appear more than once in ChestX-Det (e.g. {first[0]} as "
+            f"{', '.join(first[1])})"
+        )
+    return kept, notes, warnings
 
 
 def mask_file_name(image_id: str, finding: str) -> str:
@@ -306,8 +427,6 @@ def write_masks(
     masks_dir: Path,
 ) -> dict[str, str]:
     """Rasterise each finding's polygons (united) and write ``masks_dir/<id>.<finding>.png``."""
-    import cv2
-
     by_finding: dict[str, list] = defaultdict(list)
     for finding, _, polygon in shapes:
         if polygon:
@@ -318,13 +437,6 @@ def write_masks(
     paths = {}
     for finding, polygons in by_finding.items():
         mask = polygon_mask(polygons, width=record.width, height=record.height, scale=scale)
-        ok, encoded = cv2.imencode(".png", mask)
-        path = masks_dir / mask_file_name(record.image_id, finding)
-        try:
-            if not ok:
-                raise OSError("PNG encoding failed")
-            atomic_write(path, encoded.tobytes())
-        except OSError as exc:
-            raise DataError(f"{path}: cannot write mask ({exc})") from exc
+        path = write_png(masks_dir / mask_file_name(record.image_id, finding), mask, what="mask")
         paths[finding] = str(path)
     return paths

@@ -24,6 +24,7 @@ from cxrkit.errors import CxrkitError, DataError, ImageReadError, MissingFileErr
 from cxrkit.io import atomic_write
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from cxrkit.data.records import Record
@@ -271,6 +272,23 @@ def probe_image(path: Path) -> dict[str, Any]:
     }
 
 
+def write_png(path: Path, pixels: np.ndarray, *, what: str) -> Path:
+    """Encode uint8 or uint16 (H, W) ``pixels`` as PNG and write ``path`` atomically.
+
+    Raises:
+        DataError: the encoder or the write failed (the message names the file and ``what``).
+    """
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", pixels)
+    try:
+        if not ok:
+            raise OSError("PNG encoding failed")
+        return atomic_write(path, encoded.tobytes())
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write {what} ({exc})") from exc
+
+
 def masks_dir_for(out: Path) -> Path:
     """Where mask PNGs of a manifest go: ``<out_stem>_masks/`` beside it."""
     return out.with_name(f"{out.stem}_masks")
@@ -279,6 +297,16 @@ def masks_dir_for(out: Path) -> Path:
 def errors_csv_for(out: Path) -> Path:
     """Where the skipped images of a manifest are listed: ``<out_stem>_errors.csv`` beside it."""
     return out.with_name(f"{out.stem}_errors.csv")
+
+
+def write_errors(issues: Issues, *, out: Path) -> Path | None:
+    """Write the skipped items of the file ``out`` to ``<out_stem>_errors.csv`` and return it; with
+    nothing skipped, remove a stale one (it would describe another run) and return None."""
+    errors = errors_csv_for(out)
+    if issues:
+        return issues.write_csv(errors)
+    errors.unlink(missing_ok=True)
+    return None
 
 
 # --------------------------------------------------------------------------------- splits, writing
@@ -293,12 +321,14 @@ class Prepared:
             split, else None.
         warnings: what the user must know about these records (e.g. patient ids that are only
             image ids); printed in the summary and kept in the manifest's metadata.
+        notes: what the summary also says (e.g. how many images were matched to NIH).
     """
 
     records: list[Record]
     issues: Issues
     official_lists: tuple[Path, Path] | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def split_fractions(fractions: str | Mapping[str, float]) -> dict[str, float]:
@@ -346,6 +376,7 @@ class ManifestSummary:
     skipped: int
     errors_file: Path | None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSummary:
@@ -371,10 +402,7 @@ def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSumm
             + (f" ({len(issues)} skipped, see {errors})" if issues else "")
         )
     write_manifest(records, out, warnings=prepared.warnings)
-    if issues:
-        issues.write_csv(errors)
-    else:
-        errors.unlink(missing_ok=True)
+    write_errors(issues, out=out)
     return ManifestSummary(
         path=out,
         records=len(records),
@@ -386,4 +414,5 @@ def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSumm
         skipped=len(issues),
         errors_file=errors if issues else None,
         warnings=list(prepared.warnings),
+        notes=list(prepared.notes),
     )
