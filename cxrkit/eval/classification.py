@@ -171,7 +171,7 @@ def _delong_result(auroc_a: float, auroc_b: float, *, variance: float) -> dict[s
 DELONG_DISTRIBUTIONS = ("normal", "t")  # unpaired test: normal z, or pROC's Student t (Welch df)
 DISTRIBUTION_NAMES = {
     "normal": "normal z",
-    "t": "Student t, Welch-Satterthwaite df (R pROC roc.test convention)",
+    "t": "Student t, Welch df (R pROC roc.test)",
 }
 
 

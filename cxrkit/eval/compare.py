@@ -140,7 +140,7 @@ def kcr_table(comparison: dict[str, Any], gaps: dict[str, Any]) -> pd.DataFrame:
                 "gap_change_p_value": _value(g.get("p_gap_change")),
                 "p_method": "patient bootstrap"
                 if name == MEAN_ROW
-                else f"DeLong (paired: normal z; gap: unpaired, {gap_test})",
+                else f"DeLong (difference: paired, normal z; gap: unpaired, {gap_test})",
                 "p_floor": _value(gaps["settings"].get("p_floor")),
             }
         )
