@@ -143,6 +143,7 @@ def train_model(config: Any) -> dict[str, Any]:
         "output_dir": str(result.output_dir),
         "model": str(result.artifacts["model"]),
         "checkpoint": str(result.checkpoint) if result.checkpoint else "",
+        "predictions": str(result.artifacts.get("predictions", "")),
         "selection": config.selection,
     }
 
