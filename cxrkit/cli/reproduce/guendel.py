@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrkit.cli.reproduce import add_driver_arguments
+from cxrkit.cli.reproduce.kcr import add_protocol_arguments
 
 EPILOG = """\
 examples:
@@ -35,19 +36,7 @@ def register(papers: Any) -> None:
     add_driver_arguments(parser, out_default="runs/reproduce/guendel")
     parser.add_argument("--manifest", type=Path, help="manifest with train, val and test splits")
     parser.add_argument("--cache", type=Path, help="cache folder (built on first use; OUT/cache)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override applied to both variants' configs (repeatable)",
-    )
-    parser.add_argument("--config-dir", type=Path, help="folder of the multitask protocol configs")
-    parser.add_argument(
-        "--n-bootstrap", type=int, help="patient-bootstrap replicates (default 2000; tiny 200)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
+    add_protocol_arguments(parser, n_bootstrap_help="default 2000; tiny 200")
     parser.set_defaults(func=_run)
 
 

@@ -46,23 +46,8 @@ def register(papers: Any) -> None:
         metavar="NAME=MANIFEST",
         help="an external test set (repeatable); every image of it is scored",
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override applied to both models' configs (repeatable), e.g. encoder.weights=PATH",
-    )
-    parser.add_argument(
-        "--config-dir",
-        type=Path,
-        help="folder of the multitask protocol configs (default: the checkout's)",
-    )
-    parser.add_argument(
-        "--n-bootstrap",
-        type=int,
-        help="patient-bootstrap replicates (default: paper 20000, p floor 0.0001; tiny 200)",
+    add_protocol_arguments(
+        parser, n_bootstrap_help="default: paper 20000, p floor 0.0001; tiny 200"
     )
     parser.add_argument(
         "--delong",
@@ -71,8 +56,29 @@ def register(papers: Any) -> None:
         help="unpaired DeLong test of each AP-PA gap: t (R pROC: Student t, Welch df; default) "
         "or normal (z)",
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_run)
+
+
+def add_protocol_arguments(parser: argparse.ArgumentParser, *, n_bootstrap_help: str) -> None:
+    """``--set``, ``--config-dir``, ``--n-bootstrap`` and ``--seed``: the options the multitask
+    drivers (KCR, Guendel) share."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override applied to every model's config (repeatable), e.g. encoder.weights=PATH",
+    )
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        help="folder of the multitask protocol configs (default: the checkout's configs/multitask)",
+    )
+    parser.add_argument(
+        "--n-bootstrap", type=int, help=f"patient-bootstrap replicates ({n_bootstrap_help})"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap and phantom seed")
 
 
 def _run(args: argparse.Namespace) -> int:
