@@ -124,6 +124,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         help="also report the operating point reaching this sensitivity (e.g. 0.95)",
     )
+    cls.add_argument(
+        "--delong",
+        choices=("normal", "t"),
+        default="normal",
+        help="distribution of the unpaired DeLong test of each finding's AP-PA gap: normal (z, "
+        "the default) or t (R pROC's roc.test: Student t with Welch degrees of freedom)",
+    )
     cls.set_defaults(func=run_classification)
 
     det = _kind(
@@ -258,12 +265,16 @@ def run_classification(args: argparse.Namespace) -> int:
         target_sensitivity=args.target_sensitivity,
         **settings,
     )
-    result["view_gaps"] = views.evaluate(df, records, predictions_b=df_b, **settings)
+    result["view_gaps"] = views.evaluate(
+        df, records, predictions_b=df_b, delong_distribution=args.delong, **settings
+    )
     summary = [f"mean AUROC {report.fmt_estimate(result['mean']['auroc'])}"]
     gap = result["view_gaps"]["mean"]["gap"]
     summary.append(f"mean AP-PA gap {report.fmt_estimate(gap)}")
     if df_b is not None:
-        result["comparison"] = classification.compare(df, df_b, records, **settings)
+        result["comparison"] = classification.compare(
+            df, df_b, records, views=("AP", "PA"), **settings
+        )
         diff = result["comparison"]["mean"]["difference"]
         summary.append(f"mean AUROC B-A {report.fmt_estimate(diff)}")
     return _finish(_with_read_issues(result, read_issues), args, summary)

@@ -91,6 +91,34 @@ def p_value(replicates: np.ndarray) -> float:
     return float(min(1.0, 2.0 * (tail + 1) / (finite.size + 1)))
 
 
+def p_floor(n_replicates: int) -> float:
+    """The smallest p-value :func:`p_value` can give with ``n_replicates`` finite replicates.
+
+    Every replicate on one side of 0 gives ``2 * (0 + 1) / (B + 1)``: with B = 2,000 the floor is
+    0.001, so a p-value of 0.0002 (the KCR abstract's smallest) needs B >= 10,000 to be reachable
+    and B >= 20,000 to be resolved with room (floor 0.0001). NaN when there is no replicate.
+    """
+    if n_replicates <= 0:
+        return math.nan
+    return float(min(1.0, 2.0 / (n_replicates + 1)))
+
+
+def p_value_entry(replicates: np.ndarray | None) -> dict[str, float | int]:
+    """A bootstrap p-value with its floor: ``{"p_value", "p_floor", "n_replicates"}``.
+
+    ``n_replicates`` counts the finite replicates the p-value used (the floor is theirs); without
+    replicates (bootstrap off) every entry is NaN / 0.
+    """
+    if replicates is None:
+        return {"p_value": math.nan, "p_floor": math.nan, "n_replicates": 0}
+    finite = int(np.isfinite(np.asarray(replicates, dtype=np.float64)).sum())
+    return {
+        "p_value": p_value(replicates),
+        "p_floor": p_floor(finite),
+        "n_replicates": finite,
+    }
+
+
 def estimate(
     value: float, replicates: np.ndarray | None = None, *, level: float = 0.95
 ) -> dict[str, object]:

@@ -168,17 +168,57 @@ def _delong_result(auroc_a: float, auroc_b: float, *, variance: float) -> dict[s
     }
 
 
+DELONG_DISTRIBUTIONS = ("normal", "t")  # unpaired test: normal z, or pROC's Student t (Welch df)
+DISTRIBUTION_NAMES = {
+    "normal": "normal z",
+    "t": "Student t, Welch df (R pROC roc.test)",
+}
+
+
 def delong_test_unpaired(
-    *, y_true_a: object, score_a: object, y_true_b: object, score_b: object
-) -> dict[str, float]:
+    *,
+    y_true_a: object,
+    score_a: object,
+    y_true_b: object,
+    score_b: object,
+    distribution: str = "normal",
+) -> dict[str, float | str]:
     """DeLong's test of AUROC(a) = AUROC(b) for two disjoint image sets (e.g. AP vs PA images).
 
-    The two AUROCs are independent, so the variance of the difference is the sum of the variances.
-    Returns the same keys as :func:`delong_test_paired` (``difference`` = b - a).
+    The two AUROCs are independent, so the variance of the difference is the sum of the DeLong
+    variances ``V = V_a + V_b``; the statistic is ``(AUROC_b - AUROC_a) / sqrt(V)``.
+
+    Args:
+        distribution: the reference distribution of the statistic. ``"normal"``: a z test.
+            ``"t"``: R pROC's ``roc.test(paired=FALSE, method="delong")``, a Student t with the
+            Welch-Satterthwaite degrees of freedom of the two variances,
+            ``df = V^2 / (V_a^2 / (N_a - 1) + V_b^2 / (N_b - 1))`` where ``N`` counts the cases
+            and controls of each set. The two differ most at small ``n`` (the t tails are heavier).
+
+    Returns:
+        The keys of :func:`delong_test_paired` (``difference`` = b - a; ``z`` is the statistic
+        whichever the distribution) plus ``distribution`` (its name) and ``df`` (NaN for the
+        normal).
     """
+    if distribution not in DELONG_DISTRIBUTIONS:
+        raise ConfigError(
+            f"DeLong distribution {distribution!r} is not one of {DELONG_DISTRIBUTIONS}"
+        )
     auc_a, var_a = delong_covariance(y_true=y_true_a, y_scores=score_a)
     auc_b, var_b = delong_covariance(y_true=y_true_b, y_scores=score_b)
-    return _delong_result(auc_a[0], auc_b[0], variance=var_a[0, 0] + var_b[0, 0])
+    va, vb = float(var_a[0, 0]), float(var_b[0, 0])
+    result: dict[str, float | str] = dict(_delong_result(auc_a[0], auc_b[0], variance=va + vb))
+    result["distribution"] = DISTRIBUTION_NAMES[distribution]
+    result["df"] = math.nan
+    if distribution == "t":
+        n_a, n_b = np.asarray(y_true_a).size, np.asarray(y_true_b).size
+        denominator = va**2 / (n_a - 1) + vb**2 / (n_b - 1)
+        if denominator > 0:
+            df = (va + vb) ** 2 / denominator
+            result["df"] = float(df)
+            if math.isfinite(float(result["z"])):
+                result["p_value"] = float(2.0 * stats.t.sf(abs(float(result["z"])), df))
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -622,6 +662,59 @@ def _view_counts(views: np.ndarray) -> dict[str, int]:
     }
 
 
+def _compare_subset(
+    a: ScoreTable,
+    b: ScoreTable,
+    *,
+    rows: np.ndarray,
+    reps: dict[tuple[int, str], np.ndarray] | None,
+    subset: str,
+    level: float,
+) -> tuple[dict[str, object], dict[str, object]]:
+    """Per-finding and mean comparison of B against A over the images where ``rows`` is true."""
+    both = ~np.isnan(a.scores) & ~np.isnan(b.scores) & ~np.isnan(a.labels) & rows[:, None]
+    per_finding: dict[str, object] = {}
+    auc_a = np.full(len(a.findings), math.nan)
+    auc_b = np.full(len(a.findings), math.nan)
+    for f, finding in enumerate(a.findings):
+        ok = both[:, f]
+        y = a.labels[ok, f]
+        auc_a[f] = auroc(y_true=y, y_score=a.scores[ok, f])
+        auc_b[f] = auroc(y_true=y, y_score=b.scores[ok, f])
+        diff_reps = None if reps is None else reps[(1, subset)][:, f] - reps[(0, subset)][:, f]
+        entry: dict[str, object] = {
+            "n": int(ok.sum()),
+            "n_positive": int((y == 1).sum()),
+            "auroc_a": float(auc_a[f]),
+            "auroc_b": float(auc_b[f]),
+            "difference": bootstrap.estimate(auc_b[f] - auc_a[f], diff_reps, level=level),
+        }
+        if min((y == 1).sum(), (y == 0).sum()) >= 2:
+            test = delong_test_paired(y_true=y, score_a=a.scores[ok, f], score_b=b.scores[ok, f])
+            entry.update(z=test["z"], p_value=test["p_value"], se=test["se"])
+        else:
+            entry.update(z=math.nan, p_value=math.nan, se=math.nan)
+        boot = bootstrap.p_value_entry(diff_reps)
+        entry.update(
+            p_bootstrap=boot["p_value"], p_floor=boot["p_floor"], n_replicates=boot["n_replicates"]
+        )
+        per_finding[finding] = entry
+    included = np.isfinite(auc_a) & np.isfinite(auc_b)
+    mean_a = float(auc_a[included].mean()) if included.any() else math.nan
+    mean_b = float(auc_b[included].mean()) if included.any() else math.nan
+    mean: dict[str, object] = {"n": int(rows.sum()), "auroc_a": mean_a, "auroc_b": mean_b}
+    diff = None
+    if reps is not None:
+        diff = mean_over_findings(reps[(1, subset)], included) - mean_over_findings(
+            reps[(0, subset)], included
+        )
+    mean["difference"] = bootstrap.estimate(mean_b - mean_a, diff, level=level)
+    mean.update(bootstrap.p_value_entry(diff))
+    mean["p_bootstrap"] = mean["p_value"]
+    mean["findings_included"] = [f for f, ok in zip(a.findings, included, strict=True) if ok]
+    return per_finding, mean
+
+
 def compare(
     predictions_a: pd.DataFrame,
     predictions_b: pd.DataFrame,
@@ -632,14 +725,26 @@ def compare(
     seed: int = 0,
     level: float = 0.95,
     allow_missing: bool = False,
+    views: Sequence[str] = (),
 ) -> dict[str, object]:
     """Model B against model A on the same images: per-finding DeLong (paired) and the mean.
 
-    Returns ``per_finding`` (``auroc_a``, ``auroc_b``, ``difference`` = B - A with its bootstrap
-    interval, DeLong ``z`` and ``p_value``) and ``mean`` (difference of mean AUROCs with interval
-    and paired bootstrap ``p_value``). Only images and findings both models scored are used.
+    Args:
+        views: also compare the models on the images of each of these views (``("AP", "PA")``
+            for KCR), from the same bootstrap replicates as the whole set.
+
+    Returns:
+        ``per_finding`` (``auroc_a``, ``auroc_b``, ``difference`` = B - A with its bootstrap
+        interval, DeLong ``z`` and ``p_value``, and the paired bootstrap ``p_bootstrap`` with its
+        ``p_floor``, the smallest p the replicates can give) and ``mean`` (difference of mean
+        AUROCs with interval, paired bootstrap ``p_value`` and ``p_floor``); with ``views`` also
+        ``per_view[view]`` holding the same ``per_finding`` and ``mean`` over that view's images.
+        Only images and findings both models scored are used.
     """
     bootstrap.check_settings(n_bootstrap=n_bootstrap, level=level)
+    unknown = [v for v in views if v not in ("AP", "PA", "LL", "unknown")]
+    if unknown:
+        raise ConfigError(f"views {unknown} are not among AP, PA, LL, unknown")
     a, b = model_tables(
         predictions_a,
         records,
@@ -647,62 +752,44 @@ def compare(
         findings=findings,
         allow_missing=allow_missing,
     )
-    both = ~np.isnan(a.scores) & ~np.isnan(b.scores)
+    subsets = {"all": np.ones(len(a.image_ids), dtype=bool)}
+    subsets.update({view: a.views == view for view in views})
     reps = None
     if n_bootstrap:
         reps = bootstrap_aurocs(
             labels=a.labels,
             scores=[a.scores, b.scores],
             groups=a.patient_ids,
-            subsets={"all": np.ones(len(a.image_ids), dtype=bool)},
+            subsets=subsets,
             n_bootstrap=n_bootstrap,
             seed=seed,
         )
-    masked_a = np.where(both, a.scores, math.nan)
-    masked_b = np.where(both, b.scores, math.nan)
-    auc_a, auc_b = _finding_aurocs(a, masked_a), _finding_aurocs(a, masked_b)
-    per_finding: dict[str, object] = {}
-    for f, finding in enumerate(a.findings):
-        ok = both[:, f] & ~np.isnan(a.labels[:, f])
-        y = a.labels[ok, f]
-        entry: dict[str, object] = {
-            "n": int(ok.sum()),
-            "auroc_a": float(auc_a[f]),
-            "auroc_b": float(auc_b[f]),
-            "difference": bootstrap.estimate(
-                auc_b[f] - auc_a[f],
-                None if reps is None else reps[(1, "all")][:, f] - reps[(0, "all")][:, f],
-                level=level,
-            ),
-        }
-        if min((y == 1).sum(), (y == 0).sum()) >= 2:
-            test = delong_test_paired(y_true=y, score_a=a.scores[ok, f], score_b=b.scores[ok, f])
-            entry.update(z=test["z"], p_value=test["p_value"], se=test["se"])
-        else:
-            entry.update(z=math.nan, p_value=math.nan, se=math.nan)
-        per_finding[finding] = entry
-    included = np.isfinite(auc_a) & np.isfinite(auc_b)
-    mean_a = float(auc_a[included].mean()) if included.any() else math.nan
-    mean_b = float(auc_b[included].mean()) if included.any() else math.nan
-    mean: dict[str, object] = {"auroc_a": mean_a, "auroc_b": mean_b}
-    if reps is None:
-        mean["difference"] = bootstrap.estimate(mean_b - mean_a)
-        mean["p_value"] = math.nan
-    else:
-        diff = mean_over_findings(reps[(1, "all")], included) - mean_over_findings(
-            reps[(0, "all")], included
-        )
-        mean["difference"] = bootstrap.estimate(mean_b - mean_a, diff, level=level)
-        mean["p_value"] = bootstrap.p_value(diff)
+    results = {
+        name: _compare_subset(a, b, rows=rows, reps=reps, subset=name, level=level)
+        for name, rows in subsets.items()
+    }
+    per_finding, mean = results["all"]
     issues = Issues()
     issues.merge(a.issues)
     issues.merge(b.issues)
-    return {
+    out: dict[str, object] = {
         "kind": "comparison",
-        "settings": {"n_bootstrap": n_bootstrap, "seed": seed, "level": level},
+        "settings": {
+            "n_bootstrap": n_bootstrap,
+            "seed": seed,
+            "level": level,
+            "p_floor": bootstrap.p_floor(n_bootstrap),
+            "per_finding_p_value": "DeLong paired, normal z",
+            "mean_p_value": "patient bootstrap, two-sided",
+        },
         "n_images": int(len(a.image_ids)),
         "findings": a.findings,
         "per_finding": per_finding,
         "mean": mean,
         "issues": issues.to_dict(),
     }
+    if views:
+        out["per_view"] = {
+            view: {"per_finding": results[view][0], "mean": results[view][1]} for view in views
+        }
+    return out

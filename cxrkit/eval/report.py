@@ -64,10 +64,17 @@ def fmt_estimate(estimate: Mapping[str, object] | None, digits: int = 3) -> str:
 
 
 def fmt_p(p: object) -> str:
-    """p-values: ``0.012``, ``<0.001``, ``n/a``."""
+    """p-values: ``0.012``, ``0.0089``, ``0.0002``, ``<0.0001``, ``n/a``.
+
+    Four decimals below 0.01, so that a p-value as small as the KCR abstract's (0.0002) shows as
+    it is; a bootstrap p-value's resolution is its floor (:func:`cxrkit.eval.bootstrap.p_floor`),
+    printed beside it by the report.
+    """
     if p is None or not math.isfinite(float(p)):
         return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    if p < 0.0001:
+        return "<0.0001"
+    return f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -246,7 +253,9 @@ def _view_gaps_md(gaps: Mapping[str, object]) -> list[str]:
         "",
         f"Images: AP {counts.get('AP', 0)}, PA {counts.get('PA', 0)}; not in either group: "
         f"unknown view {counts.get('unknown', 0)}, LL {counts.get('LL', 0)}. "
-        "p: DeLong (unpaired) per finding, bootstrap for the mean.",
+        f"p: DeLong (unpaired, {gaps['settings'].get('delong_distribution', 'normal z')}) per "
+        "finding, patient bootstrap for the mean and for the change of gap"
+        + _floor_text(gaps["settings"]),
         "",
     ]
     two = gaps["settings"].get("models", 1) == 2
@@ -273,11 +282,22 @@ def _view_gaps_md(gaps: Mapping[str, object]) -> list[str]:
     return lines + _table(header, rows)
 
 
+def _floor_text(settings: Mapping[str, object]) -> str:
+    floor = settings.get("p_floor")
+    if floor is None or not math.isfinite(float(floor)):
+        return "."
+    return (
+        f" (B = {settings.get('n_bootstrap')} replicates: a bootstrap p-value cannot fall below "
+        f"{fmt_p(floor)})."
+    )
+
+
 def _comparison_md(comparison: Mapping[str, object]) -> list[str]:
     lines = [
         f"## Model comparison (model B {MINUS} model A, same images)",
         "",
-        "p: DeLong (paired) per finding, paired bootstrap for the mean.",
+        "p: DeLong (paired, normal z) per finding, paired bootstrap for the mean"
+        + _floor_text(comparison["settings"]),
         "",
     ]
     rows = [

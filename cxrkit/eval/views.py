@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkit.data.records import VIEWS, Record
-from cxrkit.errors import DataError, MissingFileError
+from cxrkit.errors import ConfigError, DataError, MissingFileError
 from cxrkit.eval import bootstrap, classification
 from cxrkit.eval.predictions import Issues
 
@@ -91,6 +91,8 @@ def _gap_row(
     scores: np.ndarray,
     f: int,
     usable: np.ndarray,
+    *,
+    distribution: str,
 ) -> dict[str, object]:
     """Point AUROCs on AP and PA images for finding ``f`` and DeLong's unpaired test of the gap."""
     row: dict[str, object] = {}
@@ -107,11 +109,12 @@ def _gap_row(
     if enough:
         # difference = AP - PA: "a" is PA, "b" is AP
         test = classification.delong_test_unpaired(
-            y_true_a=y_pa, score_a=s_pa, y_true_b=y_ap, score_b=s_ap
+            y_true_a=y_pa, score_a=s_pa, y_true_b=y_ap, score_b=s_ap, distribution=distribution
         )
-        row["z"], row["p_value"] = test["z"], test["p_value"]
+        row["z"], row["p_value"], row["df"] = test["z"], test["p_value"], test["df"]
     else:
-        row["z"], row["p_value"] = math.nan, math.nan
+        row["z"], row["p_value"], row["df"] = math.nan, math.nan, math.nan
+    row["p_value_test"] = "DeLong unpaired, " + classification.DISTRIBUTION_NAMES[distribution]
     return row
 
 
@@ -125,6 +128,7 @@ def evaluate(
     seed: int = 0,
     level: float = 0.95,
     allow_missing: bool = False,
+    delong_distribution: str = "normal",
 ) -> dict[str, object]:
     """AP and PA AUROCs, their gap per finding and for the mean, and (with model B) the gap change.
 
@@ -134,15 +138,26 @@ def evaluate(
         predictions_b: optional model B scored on the same images.
         findings, n_bootstrap, seed, level, allow_missing: as in
             :func:`cxrkit.eval.classification.evaluate`.
+        delong_distribution: reference distribution of the per-finding unpaired DeLong test:
+            ``"normal"`` (z) or ``"t"`` (R pROC's Student t with Welch df;
+            :func:`cxrkit.eval.classification.delong_test_unpaired`). Each row names it under
+            ``p_value_test``.
 
     Returns:
         ``kind: "view_gaps"``, ``counts`` (images per view, among them ``unknown`` and ``LL`` which
         are in neither group), ``per_finding`` and ``mean``. Each row has ``auroc_ap``,
         ``auroc_pa``, ``gap`` (``{"value", "ci", "n_undefined"}``), ``p_value`` (DeLong unpaired
         per finding, bootstrap for the mean) and ``p_bootstrap``; with model B also ``model_b`` (the
-        same fields), ``gap_change`` (B - A, with interval) and ``p_gap_change``.
+        same fields), ``gap_change`` (B - A, with interval) and ``p_gap_change``. Every
+        bootstrap p-value comes with ``p_floor`` (``p_floor_gap_change``), the smallest p its
+        replicates can give (:func:`cxrkit.eval.bootstrap.p_floor`).
     """
     bootstrap.check_settings(n_bootstrap=n_bootstrap, level=level)
+    if delong_distribution not in classification.DELONG_DISTRIBUTIONS:
+        raise ConfigError(
+            f"delong_distribution {delong_distribution!r} is not one of "
+            f"{classification.DELONG_DISTRIBUTIONS}"
+        )
     tables = classification.model_tables(
         predictions,
         records,
@@ -173,12 +188,13 @@ def evaluate(
     for f, finding in enumerate(t0.findings):
         rows = []
         for k, t in enumerate(tables):
-            row = _gap_row(t0, t.scores, f, usable)
+            row = _gap_row(t0, t.scores, f, usable, distribution=delong_distribution)
             g = gap_reps(k)
             row["gap"] = bootstrap.estimate(
                 row["auroc_ap"] - row["auroc_pa"], None if g is None else g[:, f], level=level
             )
-            row["p_bootstrap"] = math.nan if g is None else bootstrap.p_value(g[:, f])
+            boot = bootstrap.p_value_entry(None if g is None else g[:, f])
+            row["p_bootstrap"], row["p_floor"] = boot["p_value"], boot["p_floor"]
             rows.append(row)
         entry = rows[0]
         if len(rows) == 2:
@@ -186,9 +202,9 @@ def evaluate(
             change = rows[1]["gap"]["value"] - rows[0]["gap"]["value"]
             change_reps = None if reps is None else gap_reps(1)[:, f] - gap_reps(0)[:, f]
             entry["gap_change"] = bootstrap.estimate(change, change_reps, level=level)
-            entry["p_gap_change"] = (
-                math.nan if change_reps is None else bootstrap.p_value(change_reps)
-            )
+            boot = bootstrap.p_value_entry(change_reps)
+            entry["p_gap_change"] = boot["p_value"]
+            entry["p_floor_gap_change"] = boot["p_floor"]
         per_finding[finding] = entry
 
     # mean over the findings whose AP and PA AUROCs are defined (the same for both models: they
@@ -214,7 +230,8 @@ def evaluate(
             g = classification.mean_over_findings(
                 reps[(k, "AP")], included
             ) - classification.mean_over_findings(reps[(k, "PA")], included)
-        p = math.nan if g is None else bootstrap.p_value(g)
+        boot = bootstrap.p_value_entry(g)
+        p = boot["p_value"]
         mean_rows.append(
             {
                 "auroc_ap": ap,
@@ -222,6 +239,8 @@ def evaluate(
                 "gap": bootstrap.estimate(ap - pa, g, level=level),
                 "p_value": p,
                 "p_bootstrap": p,
+                "p_floor": boot["p_floor"],
+                "p_value_test": "patient bootstrap",
             }
         )
         mean_reps.append(g)
@@ -231,7 +250,9 @@ def evaluate(
         change = mean_rows[1]["gap"]["value"] - mean_rows[0]["gap"]["value"]
         change_reps = None if reps is None else mean_reps[1] - mean_reps[0]
         mean["gap_change"] = bootstrap.estimate(change, change_reps, level=level)
-        mean["p_gap_change"] = math.nan if change_reps is None else bootstrap.p_value(change_reps)
+        boot = bootstrap.p_value_entry(change_reps)
+        mean["p_gap_change"] = boot["p_value"]
+        mean["p_floor_gap_change"] = boot["p_floor"]
     mean["findings_included"] = [f for f, ok in zip(t0.findings, included, strict=True) if ok]
 
     issues = Issues()
@@ -245,6 +266,8 @@ def evaluate(
             "level": level,
             "gap": "AUROC(AP) - AUROC(PA)",
             "models": len(tables),
+            "delong_distribution": classification.DISTRIBUTION_NAMES[delong_distribution],
+            "p_floor": bootstrap.p_floor(n_bootstrap),
         },
         "counts": {view: int(np.sum(t0.views == view)) for view in VIEWS},
         "findings": t0.findings,

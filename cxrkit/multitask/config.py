@@ -38,6 +38,7 @@ ENCODERS = ("resnet50", "densenet121", "resnet18")
 INITS = ("random", "imagenet", "checkpoint")  # the initial-weights vocabulary of every stage
 RENAMED_INITS = {"barlow_twins": "checkpoint"}
 TASKS = ("multilabel", "screening")
+SELECTIONS = {"val/loss": "min", "val/mAUROC": "max"}  # metric choosing best.ckpt -> its mode
 
 
 @dataclass
@@ -243,8 +244,15 @@ class MultiTaskConfig:
     screening: ScreeningConfig = field(default_factory=ScreeningConfig)
     augment: bool = False  # small affine + brightness/contrast jitter (albumentations)
     predict_split: str = "test"  # split scored after training into predictions_<split>.csv
+    # the validation metric that picks checkpoints/best.ckpt (and drives the plateau schedule):
+    # val/loss, or val/mAUROC (multilabel only) so models with different losses are selected alike
+    selection: str = "val/loss"
 
     def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection {self.selection!r} is not one of {list(SELECTIONS)}")
+        if self.selection == "val/mAUROC" and self.task != "multilabel":
+            raise ValueError("selection=val/mAUROC is logged by task=multilabel only")
         if self.task not in TASKS:
             raise ValueError(f"task {self.task!r} is not one of {TASKS}")
         if self.task == "multilabel" and not self.findings:

@@ -131,3 +131,48 @@ class MultiTaskDataset(Dataset):
         )
         item["regions_known"] = torch.tensor(1.0 if len(boxes) or abnormal == 0 else 0.0)
         return item
+
+
+def _group_label(record: Record, members: Sequence[str]) -> int | None:
+    """A finding's label from its members: 1 if any is 1, 0 if every labelled one is 0."""
+    values = [record.labels[m] for m in members if m in record.labels]
+    return max(values) if values else None
+
+
+def head_counts(config: MultiTaskConfig, records: Sequence[Record]) -> dict[str, int]:
+    """How many of ``records`` give each enabled head a training target, by the rules the dataset
+    and losses apply (what a run summary reports when some records lack masks or boxes).
+
+    - ``classification``: images with a known label for at least one finding (a group's label is
+      known when any member is labelled);
+    - ``segmentation``: images with at least one organ mask, and ``segmentation:<organ>`` per
+      organ (the loss is masked per organ);
+    - ``location``: images with boxes, or labelled normal (an empty region target);
+    - ``reconstruction``: every image for ``target=image``; for ``target=lesion`` the images with a
+      lesion mask of a finding, or (``empty_when_negative``) labelled negative for every finding.
+    """
+    groups = [parse_finding(f)[1] for f in config.findings]
+    labels = [[_group_label(r, g) for g in groups] for r in records]
+    counts = {
+        "images": len(records),
+        "classification": sum(any(v is not None for v in row) for row in labels),
+    }
+    if config.segmentation.enabled:
+        organs = config.segmentation.organs
+        counts["segmentation"] = sum(any(o in r.mask_paths for o in organs) for r in records)
+        for organ in organs:
+            counts[f"segmentation:{organ}"] = sum(organ in r.mask_paths for r in records)
+    if config.location.enabled:
+        counts["location"] = sum(bool(r.boxes) or targets.is_abnormal(r) == 0 for r in records)
+    rec = config.reconstruction
+    if rec.enabled:
+        if rec.target == "image":
+            counts["reconstruction"] = len(records)
+        else:
+            lesions = lesion_members(config)
+            counts["reconstruction"] = sum(
+                any(m in r.mask_paths for m in lesions)
+                or (rec.empty_when_negative and all(v == 0 for v in row))
+                for r, row in zip(records, labels, strict=True)
+            )
+    return counts

@@ -28,7 +28,7 @@ from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
 from cxrkit.errors import CheckpointError, DataError
 from cxrkit.eval.predictions import MEMBERS
-from cxrkit.multitask.config import MultiTaskConfig, config_from_dict
+from cxrkit.multitask.config import SELECTIONS, MultiTaskConfig, config_from_dict
 from cxrkit.multitask.dataset import MaskLayout, MultiTaskDataset, mask_layout
 from cxrkit.multitask.model import MultiTaskModel, build_from_config
 from cxrkit.multitask.module import MultiTaskModule
@@ -245,7 +245,7 @@ def fit_multilabel(
     if not train_records:
         raise DataError(f"{data.manifest}: no record in split {data.train_split!r} to train on")
     has_val = bool(val_records)
-    monitor = "val/loss" if has_val else "train/loss_epoch"
+    monitor = config.selection if has_val else "train/loss_epoch"
     module = MultiTaskModule(config=config, monitor=monitor, load_weights=not run.resuming)
     trainer = train_stage(
         module=module,
@@ -298,14 +298,15 @@ def train_stage(
     """Fit ``module`` on ``train_records`` in ``run.output_dir`` and return the trainer; shared by
     multi-label runs and screening stages.
 
-    The trainer (``trainer_config``, ``max_epochs``) keeps the best ``val/loss`` checkpoint when
-    there are ``val_records`` to validate on; the run continues from ``run.checkpoint`` when set.
+    The trainer (``trainer_config``, ``max_epochs``) keeps the best checkpoint by
+    ``config.selection`` when there are ``val_records`` to validate on; the run continues from
+    ``run.checkpoint`` when set.
     """
     trainer = engine.build_trainer(
         config=trainer_config,
         output_dir=run.output_dir,
-        monitor="val/loss" if val_records else None,
-        mode="min",
+        monitor=config.selection if val_records else None,
+        mode=SELECTIONS[config.selection],
         max_epochs=max_epochs,
     )
     engine.apply_channels_last_and_compile(module.model, config.trainer)

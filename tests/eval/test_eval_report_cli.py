@@ -21,7 +21,8 @@ def test_formatting():
     assert report.fmt_estimate({"value": -0.1, "ci": [-0.25, 0.05]}) == "−0.100 (−0.250 to 0.050)"
     assert report.fmt_estimate({"value": 0.5, "ci": None}) == "0.500"
     assert report.fmt_estimate({"value": math.nan, "ci": [math.nan, math.nan]}) == "n/a"
-    assert report.fmt_p(0.0004) == "<0.001" and report.fmt_p(0.0123) == "0.012"
+    assert report.fmt_p(0.0004) == "0.0004" and report.fmt_p(0.0123) == "0.012"
+    assert report.fmt_p(0.00005) == "<0.0001" and report.fmt_p(0.0089) == "0.0089"
     assert report.fmt_number(-0.0001) == "0.000"
 
 
