@@ -123,6 +123,16 @@ def check_no_accumulation(accumulate_grad_batches: int) -> None:
 # NIH ChestX-ray14: the 14 findings + "No Finding", from the adapter's class table.
 FINDINGS_NIH = (*vocab.NIH_FINDINGS, vocab.NIH_NO_FINDING)
 
+# cxrkit: train on data.train_split, test on data.test_split (NIH's patient-disjoint official
+# lists), seeded random label fractions, no augmentation, the last epoch.
+# authors: BarlowTwins-CXR's evaluate.py / dataset.py, LEAKY by design (kept to compare with their
+# numbers): only data.test_split (the official test list) split 80/20 by image with iterative
+# stratification, stratified fractions, RandomResizedCrop + flip, lr not scaled by the batch,
+# cosine per epoch, head ~ N(0, 0.01), and the best epoch by mean test AUROC; the report states how
+# many test images have their patient in training. Its hyperparameters (lr 0.5, batch 64, wd 1e-6,
+# 30 epochs) are in configs/pretrain/linear_eval_nih_authors.yaml.
+PROTOCOLS = ("cxrkit", "authors")
+
 
 @dataclass
 class LinearEvalConfig:
@@ -143,9 +153,12 @@ class LinearEvalConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     backbone_lr_factor: float = 0.1  # finetune mode: backbone lr = lr x this
+    protocol: str = "cxrkit"  # cxrkit (leakage-free) | authors (leaky, see PROTOCOLS above)
 
     def __post_init__(self) -> None:
         check_init(self.init, key="init")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.mode not in ("linear", "finetune"):
             raise ValueError(f"mode must be 'linear' or 'finetune', got {self.mode!r}")
         if not self.findings:
