@@ -281,3 +281,21 @@ def test_authors_config_file_holds_their_values():
     assert linear_eval.LinearEvalConfig().protocol == "cxrkit"  # the leakage-free default
     with pytest.raises(ValueError, match="protocol must be one of"):
         linear_eval.LinearEvalConfig(protocol="paper")
+
+
+def test_best_epoch_state_survives_a_weights_only_checkpoint(tmp_path):
+    # a resumed authors' run keeps the best epoch seen before it was interrupted
+    best = linear_eval.BestEpoch(loader=None, labels=pd.DataFrame())  # type: ignore[arg-type]
+    best.best_epoch, best.best_auroc = 4, 0.71
+    best.best = pd.DataFrame(
+        {
+            "image_id": np.asarray(["a", "b"], dtype=object),
+            "finding": ["A", "A"],
+            "score": np.asarray([0.25, 0.5], dtype=np.float32),  # as predict() makes them
+        }
+    )
+    torch.save(best.state_dict(), tmp_path / "state.pt")
+    restored = linear_eval.BestEpoch(loader=None, labels=pd.DataFrame())  # type: ignore[arg-type]
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert (restored.best_epoch, restored.best_auroc) == (4, 0.71)
+    pd.testing.assert_frame_equal(restored.best, best.best, check_dtype=False)
