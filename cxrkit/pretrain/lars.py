@@ -101,12 +101,17 @@ class LARS(torch.optim.Optimizer):
 
     @staticmethod
     def _adapted(p: Tensor, grad: Tensor, group: dict[str, Any]) -> Tensor:
-        """Weight decay + trust-ratio scaling where both norms are non-zero, else ``grad``."""
+        """Weight decay + trust-ratio scaling where both norms are non-zero, else ``grad``.
+
+        The branch is taken on 0-dim device tensors (a factor and a decay of 1 and 0 where
+        lightly would skip), so the full-size work is two passes, as lightly's
+        ``d_p.add(p, alpha=wd)`` then ``d_p *= lars_lr``.
+        """
         weight_decay = group["weight_decay"]
         p_norm, g_norm = torch.norm(p), torch.norm(grad)
-        # the same operations in the same order as lightly's, so the results agree to rounding
         lars_lr = p_norm / (g_norm + p_norm * weight_decay + group["eps"])
         lars_lr = lars_lr * group["trust_coefficient"]
-        scaled = grad.add(p, alpha=weight_decay) * lars_lr
         adapt = (p_norm != 0) & (g_norm != 0)  # a device tensor: no host round trip
-        return torch.where(adapt, scaled, grad)
+        factor = torch.where(adapt, lars_lr, 1.0)
+        decay = adapt * weight_decay  # weight_decay where adapted, else 0
+        return torch.addcmul(grad, p, decay).mul_(factor)
