@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "multitask": "cxrkit.cli.multitask",
     "eval": "cxrkit.cli.eval",
     "reproduce": "cxrkit.cli.reproduce",
+    "export": "cxrkit.cli.export",
     "demo": "cxrkit.cli.demo",
 }
 

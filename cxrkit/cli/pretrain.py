@@ -53,6 +53,12 @@ examples:
       output_dir=runs/linear_eval/random
   cxrkit pretrain linear-eval --config configs/pretrain/linear_eval_nih.yaml mode=finetune
 
+  # BarlowTwins-CXR's own protocol, to compare with their numbers (LEAKY: an image-level 80/20
+  # split of the official test list, best epoch on the test set; the table says how many test
+  # images have their patient in training)
+  cxrkit pretrain linear-eval --config configs/pretrain/linear_eval_nih_authors.yaml \\
+      weights=runs/pretrain/barlow_twins_nih/backbone.pth
+
 Writes OUTPUT_DIR/fraction_<f>/ (run, test predictions, evaluation JSON) and
 OUTPUT_DIR/summary.csv (fraction, finding, auroc; finding "mean" is the mean AUROC).
 """

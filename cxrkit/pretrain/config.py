@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from cxrkit.config import DataConfig, TrainerConfig
 from cxrkit.data import vocab
+from cxrkit.errors import ConfigError
 from cxrkit.models.weights import check_init
 
 RECIPES = ("byol", "cxr")
@@ -20,13 +21,14 @@ class ModelConfig:
     """Backbone initialisation, projector and loss."""
 
     # cxrkit.models.weights: imagenet (torchvision's ResNet-50 file at `weights`), random (no
-    # file), checkpoint (a backbone.pth or pretrain .ckpt at `weights`: continued pretraining)
+    # file), checkpoint (a backbone.pth or pretrain .ckpt at `weights`: continued pretraining).
+    # BarlowTwins-CXR main.py: resnet50(weights=ResNet50_Weights.IMAGENET1K_V2), the V2 file.
     init: str = "imagenet"
-    weights: str = ""  # e.g. weights/resnet50-11ad3fa6.pth
-    # Barlow Twins: projector 2048-8192-8192-8192 (BarlowTwins-CXR keeps it).
+    weights: str = ""  # e.g. weights/resnet50-11ad3fa6.pth (IMAGENET1K_V2)
+    # Barlow Twins: projector 2048-8192-8192-8192 (BarlowTwins-CXR main.py --projector keeps it).
     projector_hidden_dim: int = 8192
     projector_output_dim: int = 8192
-    # Barlow Twins: lambda = 0.0051 (lightly's default is 5e-3).
+    # Barlow Twins / BarlowTwins-CXR main.py --lambd: 0.0051 (lightly's default is 5e-3).
     lambda_param: float = 0.0051
 
     def __post_init__(self) -> None:
@@ -61,14 +63,15 @@ class ViewsConfig:
 class OptimConfig:
     """LARS with a warm-up then cosine schedule (Barlow Twins / BarlowTwins-CXR)."""
 
-    # Learning rates per 256 images of global batch: lr = base * global_batch / 256.
+    # Learning rates per 256 images of global batch: lr = base * global_batch / 256
+    # (BarlowTwins-CXR main.py: --learning-rate-weights 0.2, --learning-rate-biases 0.0048).
     lr_weights: float = 0.2
     lr_biases: float = 0.0048  # biases and norm parameters: no weight decay, no LARS adaptation
-    weight_decay: float = 1e-6  # BarlowTwins-CXR: 1e-6 (Barlow Twins: 1.5e-6)
-    momentum: float = 0.9
-    trust_coefficient: float = 0.001  # LARS eta
-    warmup_epochs: float = 10.0
-    end_lr_factor: float = 0.001  # cosine decays to base lr x this (Barlow Twins' code)
+    weight_decay: float = 1e-6  # BarlowTwins-CXR main.py: 1e-6 (Barlow Twins: 1.5e-6)
+    momentum: float = 0.9  # BarlowTwins-CXR main.py (LARS default)
+    trust_coefficient: float = 0.001  # LARS eta, BarlowTwins-CXR main.py
+    warmup_epochs: float = 10.0  # BarlowTwins-CXR main.py: warmup_steps = 10 x len(loader)
+    end_lr_factor: float = 0.001  # cosine decays to base lr x this (BarlowTwins-CXR main.py)
 
     def __post_init__(self) -> None:
         if min(self.lr_weights, self.lr_biases, self.weight_decay) < 0 or self.warmup_epochs < 0:
@@ -80,19 +83,55 @@ class PretrainConfig:
     """``cxrkit pretrain``: everything a run needs; saved as ``output_dir/config.yaml``."""
 
     output_dir: str = "runs/pretrain"
-    # data.batch_size is per device: global batch = batch_size x devices x nodes x accumulation.
-    # data.train_split: the split pretrained on; "all" uses every record of the manifest.
-    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=96, train_split="all"))
+    # data.batch_size is per device: global batch = batch_size x devices x nodes (never gradient
+    # accumulation, see check_no_accumulation). BarlowTwins-CXR: 768 in one step on one GPU
+    # (main.py --batch-size 768); on 8 GPUs that is data.batch_size=96.
+    # data.train_split: the split pretrained on; "all" uses every record of the manifest
+    # (BarlowTwins-CXR LOG.TXT: 145 steps per epoch = 112,120 NIH images // 768).
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=768, train_split="all"))
+    # BarlowTwins-CXR LOG.TXT ends at epoch 799, step 115,990 = 800 x 145: 800 epochs (main.py's
+    # --epochs default of 600 is not what they ran). bf16-mixed is cxrkit's choice (the authors
+    # used float16 autocast with a GradScaler).
     trainer: TrainerConfig = field(
-        default_factory=lambda: TrainerConfig(max_epochs=600, precision="bf16-mixed")
+        default_factory=lambda: TrainerConfig(max_epochs=800, precision="bf16-mixed")
     )
     model: ModelConfig = field(default_factory=ModelConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
+    def __post_init__(self) -> None:
+        check_no_accumulation(self.trainer.accumulate_grad_batches)
+
+
+def check_no_accumulation(accumulate_grad_batches: int) -> None:
+    """Refuse gradient accumulation in Barlow Twins pretraining.
+
+    Raises:
+        ConfigError: ``accumulate_grad_batches > 1``.
+    """
+    if accumulate_grad_batches > 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches={accumulate_grad_batches}: Barlow Twins pretraining "
+            "cannot accumulate gradients. Each micro-batch gets its own cross-correlation matrix "
+            "(normalised over that micro-batch only), so e.g. 192 x 4 optimises the mean of four "
+            "192-image losses, not the loss of a 768-image batch. Use a larger data.batch_size or "
+            "more devices (DDP all-reduces the matrix over the global batch); set "
+            "trainer.accumulate_grad_batches=1"
+        )
+
 
 # NIH ChestX-ray14: the 14 findings + "No Finding", from the adapter's class table.
 FINDINGS_NIH = (*vocab.NIH_FINDINGS, vocab.NIH_NO_FINDING)
+
+# cxrkit: train on data.train_split, test on data.test_split (NIH's patient-disjoint official
+# lists), seeded random label fractions, no augmentation, the last epoch.
+# authors: BarlowTwins-CXR's evaluate.py / dataset.py, LEAKY by design (kept to compare with their
+# numbers): only data.test_split (the official test list) split 80/20 by image with iterative
+# stratification, stratified fractions, RandomResizedCrop + flip, lr not scaled by the batch,
+# cosine per epoch, head ~ N(0, 0.01), and the best epoch by mean test AUROC; the report states how
+# many test images have their patient in training. Its hyperparameters (lr 0.5, batch 64, wd 1e-6,
+# 30 epochs) are in configs/pretrain/linear_eval_nih_authors.yaml.
+PROTOCOLS = ("cxrkit", "authors")
 
 
 @dataclass
@@ -114,9 +153,12 @@ class LinearEvalConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     backbone_lr_factor: float = 0.1  # finetune mode: backbone lr = lr x this
+    protocol: str = "cxrkit"  # cxrkit (leakage-free) | authors (leaky, see PROTOCOLS above)
 
     def __post_init__(self) -> None:
         check_init(self.init, key="init")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.mode not in ("linear", "finetune"):
             raise ValueError(f"mode must be 'linear' or 'finetune', got {self.mode!r}")
         if not self.findings:

@@ -15,6 +15,13 @@ Outputs, per fraction ``f``: ``output_dir/fraction_<f>/`` (the run: checkpoints,
 
 Images go through ``backbones.InputAdapter`` as in every stage: [0, 1] cache pixels -> RGB,
 ImageNet mean/std. Training data are not augmented (the linear protocol).
+
+``protocol=authors`` runs BarlowTwins-CXR's protocol instead
+(:mod:`cxrkit.pretrain.authors_protocol`: the official test list split 80/20 by image, stratified
+fractions, RandomResizedCrop + flip, lr not scaled, cosine per epoch, the best epoch by mean test
+AUROC). It leaks patients between training
+and test by design; ``summary.csv`` then has the columns ``protocol``, ``best_epoch``,
+``test_images`` and ``test_images_patient_in_train`` (per fraction) beside the AUROCs.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -41,10 +49,16 @@ from cxrkit.eval import classification
 from cxrkit.eval.predictions import write_predictions
 from cxrkit.models import backbones
 from cxrkit.models.weights import weights_file
+from cxrkit.pretrain import authors_protocol
 from cxrkit.pretrain.config import LinearEvalConfig
 
 REFERENCE_BATCH = 256
 SUMMARY_FILE = "summary.csv"
+LEAKAGE_NOTE = (
+    "protocol=authors (BarlowTwins-CXR): training and test images come from one image-level split "
+    "of the official test list, so test images share patients with training, and the epoch is "
+    "chosen on the test AUROC; not comparable with patient-disjoint results"
+)
 
 
 class LinearProbe(L.LightningModule):
@@ -62,6 +76,8 @@ class LinearProbe(L.LightningModule):
         lr, momentum, weight_decay: SGD, lr per 256 images of global batch, cosine to 0.
         batch_size: images per device per step.
         config: the resolved configuration, stored in checkpoints.
+        scale_lr: multiply ``lr`` by global batch / 256 (False: ``lr`` as given, the authors').
+        schedule: cosine annealing per optimiser ``"step"`` or per ``"epoch"`` (the authors').
     """
 
     def __init__(
@@ -77,10 +93,15 @@ class LinearProbe(L.LightningModule):
         backbone_lr_factor: float = 0.1,
         batch_size: int = 64,
         config: dict[str, Any] | None = None,
+        scale_lr: bool = True,
+        schedule: str = "step",
     ) -> None:
         super().__init__()
         if mode not in ("linear", "finetune"):
             raise ValueError(f"mode must be 'linear' or 'finetune', got {mode!r}")
+        if schedule not in ("step", "epoch"):
+            raise ValueError(f"schedule must be 'step' or 'epoch', got {schedule!r}")
+        self.scale_lr, self.schedule = scale_lr, schedule
         self.save_hyperparameters({"config": config or {}})
         self.mode, self.lr, self.momentum, self.weight_decay = mode, lr, momentum, weight_decay
         self.backbone_lr_factor, self.batch_size = backbone_lr_factor, batch_size
@@ -117,7 +138,7 @@ class LinearProbe(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         trainer = self.trainer
         scale = self.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        lr = self.lr * scale / REFERENCE_BATCH
+        lr = self.lr * scale / REFERENCE_BATCH if self.scale_lr else self.lr
         groups: list[dict[str, Any]] = [{"name": "head", "params": self.head.parameters()}]
         if self.mode == "finetune":
             groups.append(
@@ -130,11 +151,14 @@ class LinearProbe(L.LightningModule):
         optimizer = torch.optim.SGD(
             groups, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
-        total = max(1, int(trainer.estimated_stepping_batches))
+        if self.schedule == "epoch":  # BarlowTwins-CXR evaluate.py: CosineAnnealingLR(epochs)
+            total = max(1, int(trainer.max_epochs))
+        else:
+            total = max(1, int(trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.schedule},
         }
 
 
@@ -173,6 +197,59 @@ def predict(module: LinearProbe, loader: DataLoader, *, findings: Sequence[str])
     return pd.concat(rows, ignore_index=True)
 
 
+def authors_mean_auroc(predictions: pd.DataFrame, labels: pd.DataFrame) -> float:
+    """BarlowTwins-CXR ``calculate_auc``: the mean over findings with both classes in the test
+    images of sklearn's AUROC; NaN when no finding has both.
+
+    Args:
+        predictions: ``image_id, finding, score``.
+        labels: index ``image_id``, one 0/1 column per finding.
+    """
+    scores = predictions.pivot(index="image_id", columns="finding", values="score")
+    scores = scores.loc[labels.index, labels.columns]
+    values = [
+        roc_auc_score(labels[f].to_numpy(), scores[f].to_numpy())
+        for f in labels.columns
+        if labels[f].nunique() == 2
+    ]
+    return float(np.mean(values)) if values else math.nan
+
+
+class BestEpoch(L.Callback):
+    """Scores the test images after every training epoch and keeps the best epoch's predictions
+    (the authors' selection, on the test set itself). Rank 0 only; the state is checkpointed, so
+    a resumed run keeps the best epoch seen before the interruption.
+
+    Args:
+        loader: the test images, not shuffled.
+        labels: index ``image_id``, a 0/1 column per finding (:func:`authors_mean_auroc`).
+    """
+
+    def __init__(self, *, loader: DataLoader, labels: pd.DataFrame) -> None:
+        self.loader, self.labels = loader, labels
+        self.best_epoch, self.best_auroc = -1, -math.inf
+        self.best: pd.DataFrame | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        predictions = predict(pl_module, self.loader, findings=list(self.labels.columns))
+        pl_module.train()
+        auroc = authors_mean_auroc(predictions, self.labels)
+        if self.best is None or auroc > self.best_auroc:
+            self.best_epoch, self.best_auroc, self.best = trainer.current_epoch, auroc, predictions
+        pl_module.log("test/authors_mean_auroc", auroc, rank_zero_only=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        best = None if self.best is None else self.best.to_dict(orient="list")
+        return {"epoch": self.best_epoch, "auroc": self.best_auroc, "predictions": best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_epoch, self.best_auroc = state_dict["epoch"], state_dict["auroc"]
+        best = state_dict["predictions"]
+        self.best = None if best is None else pd.DataFrame(best)
+
+
 def _summary_rows(fraction: float, result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     entries = [(f, e["auroc"]) for f, e in result["per_finding"].items()]
@@ -207,11 +284,20 @@ def linear_eval(config: LinearEvalConfig, *, resume: str | bool = "auto") -> pd.
             f"linear-eval resumes each fraction from its own checkpoint: use --resume auto or "
             f"never, not {resume!r}"
         )
+    authors = config.protocol == "authors"
     train_split, test_split = config.data.train_split, config.data.test_split
-    run = engine.prepare_run(
-        config, resume=False, data=config.data, splits=(train_split, test_split)
-    )
-    train_records, test_records = run.records[train_split], run.records[test_split]
+    # the authors' protocol reads only the official test list and splits it itself
+    splits = (test_split,) if authors else (train_split, test_split)
+    run = engine.prepare_run(config, resume=False, data=config.data, splits=splits)
+    if authors:
+        pool = run.records[test_split]
+        if not pool:
+            raise ConfigError(f"{config.data.manifest}: no test records (split {test_split!r})")
+        train_records, test_records = authors_protocol.split_test_list(
+            pool, findings=config.findings, seed=config.trainer.seed
+        )
+    else:
+        train_records, test_records = run.records[train_split], run.records[test_split]
     for name, split, records in (
         ("training", train_split, train_records),
         ("test", test_split, test_records),
@@ -229,13 +315,28 @@ def linear_eval(config: LinearEvalConfig, *, resume: str | bool = "auto") -> pd.
         num_workers=config.data.num_workers,
         train=False,
     )
+    test_labels = pd.DataFrame(
+        authors_protocol.label_matrix(test_records, config.findings),
+        index=[r.image_id for r in test_records],
+        columns=findings,
+    )
     rows: list[dict[str, Any]] = []
     for fraction in config.label_fractions:
         run_dir = run.output_dir / f"fraction_{fraction:g}"
         L.seed_everything(config.trainer.seed, workers=True)
-        subset = label_subset(train_records, fraction=fraction, seed=config.trainer.seed)
+        if authors:
+            subset = authors_protocol.stratified_fraction(
+                train_records, findings=config.findings, fraction=fraction, seed=config.trainer.seed
+            )
+        else:
+            subset = label_subset(train_records, fraction=fraction, seed=config.trainer.seed)
         train_data = datasets.ClassificationDataset(
-            records=subset, cache=cache, findings=config.findings
+            records=subset,
+            cache=cache,
+            findings=config.findings,
+            augment=authors_protocol.train_augment(config.data.preprocess.size)
+            if authors
+            else None,
         )
         loader = engine.build_loader(
             train_data,
@@ -254,8 +355,18 @@ def linear_eval(config: LinearEvalConfig, *, resume: str | bool = "auto") -> pd.
             backbone_lr_factor=config.backbone_lr_factor,
             batch_size=config.data.batch_size,
             config=config_io.to_dict(config),
+            scale_lr=not authors,
+            schedule="epoch" if authors else "step",
         )
-        trainer = engine.build_trainer(config=config.trainer, output_dir=run_dir)
+        callbacks: list[L.Callback] = []
+        if authors:
+            # BarlowTwins-CXR evaluate.py: fc.weight ~ N(0, 0.01), fc.bias = 0
+            nn.init.normal_(module.head.weight, mean=0.0, std=0.01)
+            nn.init.zeros_(module.head.bias)
+            callbacks.append(BestEpoch(loader=test_loader, labels=test_labels))
+        trainer = engine.build_trainer(
+            config=config.trainer, output_dir=run_dir, callbacks=callbacks
+        )
         engine.fit(
             trainer=trainer,
             module=module,
@@ -265,7 +376,11 @@ def linear_eval(config: LinearEvalConfig, *, resume: str | bool = "auto") -> pd.
         )
         if not trainer.is_global_zero:
             continue
-        predictions = predict(module, test_loader, findings=findings)
+        best = callbacks[0] if authors else None
+        if isinstance(best, BestEpoch) and best.best is not None:
+            predictions = best.best
+        else:
+            predictions = predict(module, test_loader, findings=findings)
         write_predictions(predictions, run_dir / "test_predictions.csv", kind="classification")
         result = classification.evaluate(
             predictions,
@@ -275,20 +390,46 @@ def linear_eval(config: LinearEvalConfig, *, resume: str | bool = "auto") -> pd.
             seed=config.trainer.seed,
             curves=False,
         )
+        extra: dict[str, Any] = {}
+        if isinstance(best, BestEpoch):
+            extra = {
+                "protocol": "authors",
+                "best_epoch": best.best_epoch,
+                "test_images": len(test_records),
+                "test_images_patient_in_train": authors_protocol.patients_in_training(
+                    test_records, subset
+                ),
+            }
+            result["protocol"] = {**extra, "leakage": LEAKAGE_NOTE}
         io.atomic_write(run_dir / "evaluation.json", json.dumps(result, indent=2, default=float))
-        rows.extend(_summary_rows(fraction, result))
-    summary = pd.DataFrame(rows, columns=["fraction", "finding", "auroc", "ci_low", "ci_high"])
+        rows.extend({**row, **extra} for row in _summary_rows(fraction, result))
+    columns = ["fraction", "finding", "auroc", "ci_low", "ci_high"]
+    if authors:
+        columns += ["protocol", "best_epoch", "test_images", "test_images_patient_in_train"]
+    summary = pd.DataFrame(rows, columns=columns)
     if rows:
         io.atomic_write(run.output_dir / SUMMARY_FILE, lambda tmp: summary.to_csv(tmp, index=False))
     return summary
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """The summary as a findings x fractions table of AUROC (mean last)."""
+    """The summary as a findings x fractions table of AUROC (mean last); under the authors'
+    protocol, one line per fraction beside it with the leaked test images and the best epoch."""
     if summary.empty:
         return "(no results on this rank)"
     table = summary.pivot(index="finding", columns="fraction", values="auroc")
     order = [f for f in summary["finding"].drop_duplicates() if f != "mean"] + ["mean"]
     table = table.loc[order]
     table.columns = [f"{c:.0%} labels" for c in table.columns]
-    return table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-")
+    text = table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-")
+    if "test_images_patient_in_train" not in summary.columns:
+        return text
+    lines = [text, "", LEAKAGE_NOTE + ":"]
+    for fraction, rows in summary.groupby("fraction"):
+        first = rows.iloc[0]
+        lines.append(
+            f"  {fraction:.0%} labels: {first['test_images_patient_in_train']} of "
+            f"{first['test_images']} test images have their patient in training; best epoch "
+            f"{first['best_epoch']}"
+        )
+    return "\n".join(lines)

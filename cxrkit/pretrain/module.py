@@ -7,9 +7,14 @@ The whole method, for a batch of two views ``x_a, x_b`` (FloatTensor[B, C, S, S]
     loss = BarlowTwinsLoss(z_a, z_b)  # normalise along the batch, cross-correlate, push C to I
 
 The backbone is torchvision's ResNet-50 without ``fc`` (:mod:`cxrkit.models.backbones`), exported
-after training as ``backbone.pth`` (:mod:`cxrkit.pretrain.handoff`). Optimiser: lightly's LARS, lr
-0.2 (weights) / 0.0048 (biases and norm parameters, no weight decay, no LARS adaptation) times
-global batch / 256, linear warm-up then cosine (lightly's ``CosineWarmupScheduler``).
+after training as ``backbone.pth`` (:mod:`cxrkit.pretrain.handoff`). Optimiser: LARS with
+lightly's update but no host syncs (:mod:`cxrkit.pretrain.lars`), lr 0.2 (weights) / 0.0048
+(biases and norm parameters, no weight decay, no LARS adaptation) times global batch / 256, linear
+warm-up then cosine (lightly's ``CosineWarmupScheduler``).
+
+No gradient accumulation: the loss of a batch is a function of the whole batch (its
+cross-correlation matrix), so k accumulated micro-batches of b images optimise the mean of k
+b-image losses, not the loss of one k x b batch. The global batch is per-device batch x devices.
 
 Under DDP the loss uses ``gather_distributed=True``: each rank's cross-correlation matrix is
 averaged over ranks with an autograd-aware all-reduce (lightly >= 1.6 fixed the 1/world_size
@@ -31,14 +36,14 @@ from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules.heads import ProjectionHead
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.debug import std_of_l2_normalized
-from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import Tensor, nn
 
 from cxrkit import engine
 from cxrkit.errors import ConfigError
 from cxrkit.models import backbones
-from cxrkit.pretrain.config import OptimConfig
+from cxrkit.pretrain.config import OptimConfig, check_no_accumulation
+from cxrkit.pretrain.lars import LARS
 
 REFERENCE_BATCH = 256  # learning rates are given per 256 images of global batch
 
@@ -169,13 +174,15 @@ class BarlowTwins(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim, trainer = self.optim_config, self.trainer
-        global_batch = self.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        # a Trainer built outside cxrkit's config reaches here without PretrainConfig's check
+        check_no_accumulation(trainer.accumulate_grad_batches)
+        global_batch = self.batch_size * trainer.world_size
         scale = global_batch / REFERENCE_BATCH
         decay, no_decay = get_weight_decay_parameters([self.backbone, self.projection_head])
         optimizer = LARS(
             [
                 {"name": "weights", "params": decay},
-                # weight_decay=0 also excludes these from LARS adaptation (lightly's LARS)
+                # weight_decay=0 also excludes these from LARS adaptation (as lightly's LARS)
                 {
                     "name": "biases",
                     "params": no_decay,
@@ -195,7 +202,7 @@ class BarlowTwins(L.LightningModule):
             trainer.fit_loop.setup_data()
             batches = trainer.num_training_batches
         if math.isfinite(batches):
-            per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+            per_epoch = max(1, int(batches))
             warmup = min(total, round(optim.warmup_epochs * per_epoch))
         elif optim.warmup_epochs == 0:
             warmup = 0

@@ -49,6 +49,10 @@ def test_help_shows_worked_examples(argv, example, capsys):
         (["pretrain", "--config", TINY, "model.depth=3"], "model.depth"),
         (["pretrain", "--config", TINY, "views.recipe=simclr"], "views.recipe must be one of"),
         (
+            ["pretrain", "--config", TINY, "trainer.accumulate_grad_batches=4"],
+            "cannot accumulate gradients",
+        ),
+        (
             ["pretrain", "--config", TINY, "model.init=imagenet", "data.manifest=m.parquet"],
             "model.init=imagenet needs model.weights=PATH",
         ),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from cxrkit.pretrain.config import OptimConfig
+from cxrkit.config import TrainerConfig
+from cxrkit.errors import ConfigError
+from cxrkit.pretrain.config import OptimConfig, PretrainConfig
+from cxrkit.pretrain.lars import LARS
 from cxrkit.pretrain.module import BarlowTwins, build_projection_head
 
 
@@ -71,14 +75,15 @@ def test_optimizer_groups_follow_the_paper():
     module = _module()
 
     class _Trainer:  # what configure_optimizers reads from the Lightning Trainer
-        world_size, accumulate_grad_batches = 4, 2
-        estimated_stepping_batches, num_training_batches = 100, 20
+        world_size, accumulate_grad_batches = 8, 1
+        estimated_stepping_batches, num_training_batches = 100, 10
 
     module.trainer = _Trainer()  # type: ignore[assignment]
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     weights, biases = optimizer.param_groups
-    scale = 16 * 4 * 2 / 256  # global batch / 256
+    assert isinstance(optimizer, LARS)  # cxrkit's sync-free LARS, lightly's update
+    scale = 16 * 8 / 256  # global batch / 256
     assert abs(weights["initial_lr"] - 0.2 * scale) < 1e-12
     assert abs(biases["initial_lr"] - 0.0048 * scale) < 1e-12
     assert weights["weight_decay"] == 1e-6 and biases["weight_decay"] == 0.0
@@ -89,8 +94,37 @@ def test_optimizer_groups_follow_the_paper():
     assert id(named["projection_head.layers.1.weight"]) in no_decay  # BatchNorm1d gamma
     assert id(named["backbone.0.weight"]) not in no_decay
     assert id(named["projection_head.layers.6.weight"]) not in no_decay
-    # 10 warm-up epochs of 20 batches / 2 accumulated = 100 steps, capped at the 100 in total
+    # 10 warm-up epochs of 10 batches = 100 steps, capped at the 100 in total
     assert scheduler.warmup_epochs == 100 and scheduler.max_epochs == 100
+
+
+def test_gradient_accumulation_is_refused():
+    # Changed on purpose (issue 10): 192 x 4 accumulated is not a batch of 768 for Barlow Twins,
+    # each micro-batch has its own cross-correlation matrix.
+    with pytest.raises(ConfigError, match="cross-correlation"):
+        PretrainConfig(trainer=TrainerConfig(accumulate_grad_batches=4))
+    module = _module()
+
+    class _Trainer:  # a Trainer built by hand, outside cxrkit's config
+        world_size, accumulate_grad_batches = 1, 2
+        estimated_stepping_batches, num_training_batches = 100, 20
+
+    module.trainer = _Trainer()  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="accumulate_grad_batches=2"):
+        module.configure_optimizers()
+
+
+def test_defaults_are_the_authors_run():
+    # BarlowTwins-CXR main.py and LOG.TXT (github.com/haooyuee/BarlowTwins-CXR)
+    config = PretrainConfig()
+    assert config.trainer.max_epochs == 800  # log: step 115,990 = 800 x 145
+    assert config.data.batch_size == 768 and config.trainer.accumulate_grad_batches == 1
+    assert config.model.init == "imagenet"
+    assert (config.model.projector_hidden_dim, config.model.projector_output_dim) == (8192, 8192)
+    assert config.model.lambda_param == 0.0051
+    optim = config.optim
+    assert (optim.lr_weights, optim.lr_biases, optim.weight_decay) == (0.2, 0.0048, 1e-6)
+    assert (optim.warmup_epochs, optim.end_lr_factor) == (10, 0.001)
 
 
 def test_projection_head_is_lightlys_but_for_the_last_bias():
