@@ -203,3 +203,12 @@ def test_resume_without_the_initial_weights_file_and_the_backbone_feeds_finetune
     assert torch.equal(
         body["layer4.2.conv3.weight"], backbone.state_dict()["layer4.2.conv3.weight"]
     )
+
+
+def test_a_longer_schedule_on_a_finished_run_is_refused(phantoms, tmp_path):
+    from cxrkit.errors import ConfigError
+
+    out = tmp_path / "run"
+    fit(_config(phantoms, out, "trainer.max_steps=2", "trainer.max_epochs=-1"))
+    with pytest.raises(ConfigError, match=r"trainer.max_steps 2 -> 4.*--resume never"):
+        fit(_config(phantoms, out, "trainer.max_steps=4", "trainer.max_epochs=-1"))
