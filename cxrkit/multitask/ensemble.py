@@ -128,26 +128,8 @@ class Ensemble:
         return ids, np.concatenate(chunks) if chunks else np.zeros((0, width))
 
     def member_frame(self, ids: Sequence[str], features: np.ndarray) -> pd.DataFrame:
-        """One row per image x member: ``image_id, member, p_normal, p_target[, p_other]`` (the
-        softmax of each member's logits in ``features`` (N, classes x members), rows image-major
-        in member order; a 2-class member has no ``p_other`` column), plus ``prediction``, the
-        argmax class name (``normal``, ``target``, ``other``)."""
-        k = self.classes
-        logits = np.asarray(features, dtype=np.float64).reshape(len(ids), len(self.members), k)
-        z = logits - logits.max(axis=2, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(axis=2, keepdims=True)
-        names = [parse_finding(d).name for d in self.diseases]
-        frame = pd.DataFrame(
-            {
-                "image_id": np.repeat(list(ids), len(names)),
-                "member": names * len(ids),
-            }
-        )
-        flat = probs.reshape(-1, k)
-        for j, column in enumerate(MEMBER_COLUMNS[:k]):
-            frame[column] = flat[:, j]
-        frame["prediction"] = np.array(["normal", "target", "other"])[flat.argmax(axis=1)]
-        return frame
+        """Every member's class probabilities from ``features`` (:func:`member_frame`)."""
+        return member_frame(ids, features, diseases=self.diseases, classes=self.classes)
 
     def predict(
         self, *, records: Sequence[Record], cache: Cache, device: str = "auto"
@@ -300,6 +282,37 @@ def fit_svm(
         y_true=y, y_score=scores, target=target_sensitivity
     )
     return svm, float(threshold)
+
+
+def member_frame(
+    ids: Sequence[str], logits: np.ndarray, *, diseases: Sequence[str], classes: int = 3
+) -> pd.DataFrame:
+    """One row per image x member: ``image_id, member, p_normal, p_target[, p_other],
+    prediction``.
+
+    Args:
+        ids: N image ids.
+        logits: (N, classes x members) member logits in member order (:meth:`Ensemble.features`).
+        diseases: the members' disease entries (their names label the rows).
+        classes: 3 (normal / target / other) or 2 (no ``p_other`` column).
+
+    Rows are image-major in member order; the probabilities are each member's softmax and
+    ``prediction`` its argmax class (``normal``, ``target``, ``other``).
+    """
+    names = [parse_finding(d).name for d in diseases]
+    x = np.asarray(logits, dtype=np.float64).reshape(len(ids), len(names), classes)
+    z = np.exp(x - x.max(axis=2, keepdims=True))
+    probs = (z / z.sum(axis=2, keepdims=True)).reshape(-1, classes)
+    frame = pd.DataFrame(
+        {
+            "image_id": np.repeat(np.asarray(list(ids), dtype=object), len(names)),
+            "member": names * len(ids),
+        }
+    )
+    for j, column in enumerate(MEMBER_COLUMNS[:classes]):
+        frame[column] = probs[:, j]
+    frame["prediction"] = np.array(["normal", "target", "other"])[probs.argmax(axis=1)]
+    return frame
 
 
 def screening_frame(ids: Sequence[str], scores: np.ndarray) -> pd.DataFrame:

@@ -42,9 +42,16 @@ from cxrkit.errors import ConfigError, DataError
 from cxrkit.multitask import targets
 from cxrkit.multitask.config import MultiTaskConfig, StageConfig
 from cxrkit.multitask.dataset import lesion_members
-from cxrkit.multitask.ensemble import Ensemble, fit_svm, screening_frame
+from cxrkit.multitask.ensemble import Ensemble, fit_svm, member_frame, screening_frame
+from cxrkit.multitask.model import MultiTaskModel
 from cxrkit.multitask.module import MultiTaskModule
-from cxrkit.multitask.train import load, save_model, train_stage
+from cxrkit.multitask.train import (
+    inference_loader,
+    load,
+    predict_logits,
+    save_model,
+    train_stage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,35 @@ def trainable(records: Sequence[Record], *, config: MultiTaskConfig) -> list[Rec
         for r in records
         if targets.is_abnormal(r) != 1 or any(r.labels.get(n) == 1 for n in names)
     ]
+
+
+def thesis_splits(
+    records: Sequence[Record], *, config: MultiTaskConfig, seed: int = 0
+) -> list[Record]:
+    """Copies of ``records`` split as the thesis did (§3.1), by patient.
+
+    Hard-label images (a lesion mask of a screening disease) and normal images are split 8:1:1
+    into train / val / test (:func:`cxrkit.data.splits.assign_splits`, stratified on the
+    screening diseases); every weak-label image (abnormal, no such mask) is training data. The
+    thesis does not say where its normal images went: splitting them with the hard labels is
+    cxrkit's reading. A weak image of a patient whose hard or normal images went to val or test
+    follows them (no patient in two splits).
+    """
+    from cxrkit.data import splits
+
+    names = [m for d in config.screening.diseases for m in parse_finding(d)[1]]
+    hard, weak = [], []
+    for r in records:
+        has_mask = any(n in r.mask_paths for n in names)
+        (hard if has_mask or targets.is_abnormal(r) != 1 else weak).append(r)
+    fractions = {"train": 0.8, "val": 0.1, "test": 0.1}  # thesis: 8:1:1
+    split_hard = splits.assign_splits(hard, fractions=fractions, seed=seed, stratify_on=names)
+    patient_split = {r.patient_id: r.split for r in split_hard}
+    split_weak = [
+        dataclasses.replace(r, split=patient_split.get(r.patient_id, "train")) for r in weak
+    ]
+    order = {r.image_id: k for k, r in enumerate(records)}
+    return sorted(split_hard + split_weak, key=lambda r: order[r.image_id])
 
 
 def risk_groups(config: MultiTaskConfig) -> dict[str, list[str]]:
@@ -368,6 +404,24 @@ def screen_records(
     if members_path is not None:
         write_members(ensemble.member_frame(ids, feats), members_path)
     return write_predictions(screening_frame(ids, ensemble.score(feats)), path, kind="screening")
+
+
+def predict_member(
+    model: MultiTaskModel,
+    config: MultiTaskConfig,
+    *,
+    disease: str,
+    records: Sequence[Record],
+    cache: Cache,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """One member's class probabilities on ``records`` (:func:`cxrkit.multitask.ensemble.
+    member_frame` with one member)."""
+    loader = inference_loader(config, records=records, cache=cache)
+    ids, logits = predict_logits(model, loader, device=engine.inference_device(device))
+    return member_frame(
+        ids, logits.double().numpy(), diseases=[disease], classes=config.screening.classes
+    )
 
 
 def write_members(frame: pd.DataFrame, path: Path) -> Path:

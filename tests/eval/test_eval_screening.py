@@ -101,42 +101,6 @@ def test_unlabelled_images_are_counted(record):
     assert result["auroc"]["value"] == 1.0
 
 
-# The thesis' Table 1, written out here independently of the code: group -> its diseases
-THESIS_TABLE_1 = {
-    "critical": ["Pneumothorax", "Pneumoperitoneum", "Mediastinal Widening"],
-    "urgent": [
-        "Pleural Effusion",
-        "Nodule",
-        "Consolidation",
-        "Active Tuberculosis",
-        "Advanced Tuberculosis",
-    ],
-    "non-urgent": [
-        "Atelectasis",
-        "Support Device",
-        "Pleural Calcification",
-        "Interstitial Opacity",
-    ],
-    "cardiomegaly": ["Cardiomegaly"],
-}
-UNSEEN = ("Pneumonia", "Edema", "Oedema", "Fracture", "Pulmonary edema")
-
-
-def test_default_table_is_thesis_table_1():
-    groups = screening.DEFAULT_RISK_GROUPS
-    assert list(groups) == list(THESIS_TABLE_1)  # the same groups, most severe first
-    for group, diseases in THESIS_TABLE_1.items():
-        listed = [screening.normalise(f) for f in groups[group]]
-        # every disease of the table, and besides them only NIH's spelling of pleural effusion
-        assert {screening.normalise(d) for d in diseases} <= set(listed), group
-        extra = set(listed) - {screening.normalise(d) for d in diseases}
-        assert extra == ({"effusion"} if group == "urgent" else set()), group
-    assert sum(len(d) for d in THESIS_TABLE_1.values()) == 13
-    every = {screening.normalise(f) for fs in groups.values() for f in fs}
-    assert not every & {screening.normalise(u) for u in UNSEEN}
-    screening.check_risk_groups(groups)
-
-
 def test_thesis_table_2_rates():
     """Thesis Table 2, internal set: 109 / 4 / 53 / 1325 (AI normal/abnormal x reference)."""
     rates = screening.confusion_summary(

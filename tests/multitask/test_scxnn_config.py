@@ -8,7 +8,7 @@ import torch
 from cxrkit.config import load
 from cxrkit.data.findings import parse as parse_finding
 from cxrkit.errors import ConfigError
-from cxrkit.eval.screening import DEFAULT_RISK_GROUPS, normalise
+from cxrkit.eval.screening import DEFAULT_RISK_GROUPS, check_risk_groups, normalise
 from cxrkit.multitask.config import MultiTaskConfig, ReconstructionConfig
 from cxrkit.multitask.module import MultiTaskModule, PlateauStop
 
@@ -52,6 +52,20 @@ def test_thesis_configs_are_table_1(path) -> None:
         expected = ["Pleural Effusion", "Pleural effusion", "Effusion"]
         assert list(members) == (expected if name == "Pleural Effusion" else [name]), name
     assert list(DEFAULT_RISK_GROUPS) == list(TABLE_1)
+
+
+def test_default_risk_groups_are_table_1() -> None:
+    groups = DEFAULT_RISK_GROUPS
+    assert list(groups) == list(TABLE_1)  # the same groups, most severe first
+    for group, diseases in TABLE_1.items():
+        listed = {normalise(f) for f in groups[group]}
+        wanted = {normalise(d) for d in diseases}
+        # every disease of the table, and besides them only NIH's spelling of pleural effusion
+        assert wanted <= listed, group
+        assert listed - wanted == ({"effusion"} if group == "urgent" else set()), group
+    assert sum(len(d) for d in TABLE_1.values()) == 13
+    assert not {normalise(f) for fs in groups.values() for f in fs} & UNSEEN
+    check_risk_groups(groups)
 
 
 def test_thesis_recipe() -> None:
