@@ -131,51 +131,62 @@ def run(
     if plan_only:
         return out / "report.md"
 
-    if scale == "tiny":
-        made = pipe.stage(
-            "synth", lambda: _synthesise(out / "synth", seed=seed), settings={"seed": seed}
+    def stage(name: str, fn: Callable[[], Mapping[str, Any]], **settings: Any) -> dict[str, Any]:
+        result = pipe.stage(name, fn, settings=settings)
+        if result is None:
+            raise _NotSelected(name)
+        return result
+
+    try:
+        if scale == "tiny":
+            made = stage("synth", lambda: _synthesise(out / "synth", seed=seed), seed=seed)
+            manifest, cache = made["manifest"], str(out / "data" / "cache")
+            external = {"external": made["external"], **external}
+        split = stage(
+            "split",
+            lambda: _split(
+                Path(str(manifest)), out / "data" / "scxnn_manifest.parquet", base, seed=seed
+            ),
+            manifest=str(manifest),
+            seed=seed,
+            diseases=base.screening.diseases,
         )
-        manifest, cache = made["manifest"], str(out / "data" / "cache")
-        external = {**{"external": made["external"]}, **external}
-    assert manifest is not None and cache is not None
-    split = pipe.stage(
-        "split",
-        lambda: _split(Path(manifest), out / "data" / "scxnn_manifest.parquet", base, seed=seed),
-        settings={"manifest": str(manifest), "seed": seed, "diseases": base.screening.diseases},
-    )
-    data_overrides = [
-        f"data.manifest={split['manifest']}",
-        f"data.cache={cache}",
-        *overrides,
-    ]
-    ensembles: dict[int, str] = {}
-    for k in variants:
-        config_overrides = [*data_overrides, f"screening.classes={k}"]
-        config_overrides.append(f"output_dir={out / f'ensemble-{k}class'}")
-        config = _load_config(files, config_overrides)
-        done = pipe.stage(
-            f"train-{k}class",
-            lambda config=config: _train(config),
-            settings={"files": [str(f) for f in files], "overrides": config_overrides},
+        data_overrides = [f"data.manifest={split['manifest']}", f"data.cache={cache}", *overrides]
+        ensembles: dict[int, str] = {}
+        for k in variants:
+            config_overrides = [*data_overrides, f"screening.classes={k}"]
+            config_overrides.append(f"output_dir={out / f'ensemble-{k}class'}")
+            config = _load_config(files, config_overrides)
+            done = stage(
+                f"train-{k}class",
+                lambda config=config: _train(config),
+                files=[str(f) for f in files],
+                overrides=config_overrides,
+            )
+            ensembles[k] = done["ensemble"]
+        datasets = {INTERNAL: split["manifest"], **external}
+        screened = stage(
+            "screen",
+            lambda: _screen(ensembles, datasets, out=out, internal_cache=str(cache)),
+            ensembles=ensembles,
+            datasets=datasets,
         )
-        ensembles[k] = done["ensemble"]
-    datasets = {INTERNAL: split["manifest"], **external}
-    screened = pipe.stage(
-        "screen",
-        lambda: _screen(ensembles, datasets, out=out, internal_cache=cache),
-        settings={"ensembles": ensembles, "datasets": datasets},
-    )
-    tables = pipe.stage(
-        "tables",
-        lambda: _tables(screened, base=base, out=out / "tables"),
-        settings={"screened": screened},
-    )
-    figures = pipe.stage(
-        "gradcam",
-        lambda: _gradcam(ensembles[3], screened, out=out / "figures"),
-        settings={"ensemble": ensembles[3]},
-    )
+        tables = stage(
+            "tables", lambda: _tables(screened, base=base, out=out / "tables"), screened=screened
+        )
+        figures = stage(
+            "gradcam",
+            lambda: _gradcam(ensembles[3], screened, out=out / "figures"),
+            ensemble=ensembles[3],
+        )
+    except _NotSelected as stop:
+        (log or print)(f"reproduce scxnn: stopped before {stop}: not selected (--stage), not done")
+        return out / "report.md"
     return _report(out, scale=scale, tables=tables, figures=figures, base=base)
+
+
+class _NotSelected(Exception):
+    """A stage that later ones need was neither selected (``--stage``) nor finished earlier."""
 
 
 # --------------------------------------------------------------------------------------------------
