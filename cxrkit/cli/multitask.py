@@ -160,7 +160,8 @@ def _screen(argv: Sequence[str]) -> int:
     parser = inference_parser(
         "cxrkit multitask screen",
         description="Run the screening ensemble (members + SVM) on a manifest split; writes "
-        "image_id, score (SVM decision value; abnormal when score >= the ensemble's threshold).",
+        "image_id, score (SVM decision value; abnormal when score >= the ensemble's threshold: "
+        "0, the SVM's own decision, unless it was trained with operating_point=sensitivity).",
         epilog="example:\n  cxrkit multitask screen --ensemble runs/multitask/screening "
         "--manifest m.parquet \\\n      --cache cache256 --split test --out screening_test.csv\n"
         "  cxrkit eval screening --predictions screening_test.csv --manifest m.parquet \\\n"
@@ -197,9 +198,15 @@ def _screen(argv: Sequence[str]) -> int:
         members_path=Path(ns.members) if ns.members else None,
         device=ns.device,
     )
+    point = (
+        "the SVM's decision"
+        if ensemble.operating_point == "svm"
+        else f"for sensitivity {ensemble.target_sensitivity}"
+    )
+    extra = f"; member probabilities -> {ns.members}" if ns.members else ""
     print(
         f"cxrkit multitask screen: {len(records)} images scored -> {path} "
-        f"(threshold {ensemble.threshold:.4f} for sensitivity {ensemble.target_sensitivity})"
+        f"(threshold {ensemble.threshold:.4f}, {point}){extra}"
     )
     return 0
 
