@@ -13,11 +13,11 @@ from cxrkit import cli, engine
 from cxrkit.config import load
 from cxrkit.data import loading
 from cxrkit.multitask import ensemble as ensembles
-from cxrkit.multitask import screening, targets, train
+from cxrkit.multitask import screening, train
 from cxrkit.multitask.config import MultiTaskConfig
-from cxrkit.multitask.model import build_from_config
 
 from .conftest import CONFIGS, Phantoms
+from .test_screening import _random_ensemble
 
 
 def _config(phantoms: Phantoms, out: Path, *extra: str) -> MultiTaskConfig:
@@ -74,25 +74,13 @@ def test_weak_stage_starts_from_the_hard_stage_best_checkpoint(
 def _saved_ensemble(phantoms: Phantoms, out: Path) -> tuple[ensembles.Ensemble, list[Path]]:
     config = _config(phantoms, out)
     cache = loading.open_cache(config.data)
-    torch.manual_seed(0)
-    members = [build_from_config(config, num_outputs=3).eval() for _ in config.screening.diseases]
-    ensemble = ensembles.Ensemble(
-        diseases=list(config.screening.diseases),
-        members=members,
-        svm=None,
-        threshold=0.0,
-        target_sensitivity=0.9,
-        config=config,
-    )
     records = [r for r in phantoms.records if r.split in ("val", "test")]
-    _, feats = ensemble.features_of(records=records, cache=cache)
-    y = np.array([targets.is_abnormal(r) for r in records])
-    ensemble.svm, _ = ensembles.fit_svm(feats, y, target_sensitivity=0.9)
+    ensemble = _random_ensemble(config, records, cache)
     paths = [
         train.save_model(
             m, config, out / "members" / screening.member_slug(d) / "member.pt", disease=d
         )
-        for d, m in zip(ensemble.diseases, members, strict=True)
+        for d, m in zip(ensemble.diseases, ensemble.members, strict=True)
     ]
     ensemble.save(out, member_paths=paths)
     return ensemble, paths

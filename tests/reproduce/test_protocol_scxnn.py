@@ -32,7 +32,7 @@ def test_plan_lists_the_thesis_stages_and_runs_nothing(
 
 @pytest.mark.slow
 def test_two_and_three_class_members_give_tables_7_and_8(tmp_path: Path) -> None:
-    """About 100 s on the shared 2-core machine (load ~9)."""
+    """100-230 s on the shared 2-core machine (load average 7-9): marked slow."""
     import torch
 
     threads = torch.get_num_threads()
