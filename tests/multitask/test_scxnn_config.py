@@ -205,3 +205,28 @@ def test_two_class_member_learns_normal_against_target() -> None:
     # another disease counts as "not the target" (class 0)
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0, 1]))
     assert torch.allclose(loss, expected)
+
+
+def test_training_augmentation_is_the_thesis_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrkit.multitask import train
+
+    seen: dict[str, object] = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(**kwargs: object) -> object:
+        seen.update(kwargs)
+        raise Captured
+
+    monkeypatch.setattr(train.augmentation, "default_augment", capture)
+    config = load(MultiTaskConfig, files=[SCXNN / "scxnn.yaml"])
+    with pytest.raises(Captured):
+        train.build_dataset(config=config, records=[], cache=None, disease="Nodule", train=True)
+    assert seen["transforms"] == ["shift", "rotate", "gamma", "sharpen", "blur", "noise"]
+    assert seen["size"] == 1024
+    # `augment: true` without a list keeps the default transforms (None)
+    plain = load(MultiTaskConfig, overrides=["augment=true"])
+    with pytest.raises(Captured):
+        train.build_dataset(config=plain, records=[], cache=None, train=True)
+    assert seen["transforms"] is None
