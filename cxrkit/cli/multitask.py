@@ -33,9 +33,14 @@ score a manifest with a trained model (writes image_id, finding, score):
   cxrkit multitask predict --model runs/multitask/kcr_model2/model.pt \\
       --manifest nih.parquet --cache cache256 --split test --out model2_test.csv
 
-run the screening ensemble (writes image_id, score for `cxrkit eval screening`):
+run the screening ensemble (writes image_id, score for `cxrkit eval screening`; --members also
+writes every member's class probabilities, one row per image x member):
   cxrkit multitask screen --ensemble runs/multitask/screening --manifest m.parquet \\
-      --cache cache256 --split test --out screening_test.csv
+      --cache cache256 --split test --out screening_test.csv --members members_test.csv
+
+one screening member alone (image_id, member, p_normal, p_target, p_other, prediction):
+  cxrkit multitask predict --model runs/multitask/screening/members/Nodule/member.pt \\
+      --manifest m.parquet --cache cache256 --split test --out nodule_member_test.csv
 
 the KCR table, Model 1 vs Model 2 (mean AUROC, AP and PA AUROC, gap, p-values):
   cxrkit multitask compare --model1 runs/multitask/kcr_model1/predictions_test.csv \\
@@ -116,10 +121,12 @@ def _records(config: Any, ns: argparse.Namespace) -> tuple[Any, list]:
 def _predict(argv: Sequence[str]) -> int:
     parser = inference_parser(
         "cxrkit multitask predict",
-        description="Score a manifest split with a trained multi-label model (model.pt).",
+        description="Score a manifest split with a trained multi-label model (model.pt; writes "
+        "image_id, finding, score) or one screening member (member.pt; writes image_id, member, "
+        "p_normal, p_target[, p_other], prediction).",
         epilog="example:\n  cxrkit multitask predict --model runs/multitask/kcr_model2/model.pt "
         "\\\n      --manifest nih.parquet --cache cache256 --split test --out model2_test.csv",
-        model_help="model.pt written by training",
+        model_help="model.pt written by training, or a screening member's member.pt",
         out_help=PREDICTIONS_HELP,
         data_required=True,
     )
@@ -128,14 +135,23 @@ def _predict(argv: Sequence[str]) -> int:
     from cxrkit.multitask import train
 
     check_output(ns.out)  # before the cache is opened (or built) and the model runs
-    model, config, _ = train.load(ns.model)
-    if config.task != "multilabel":
-        raise ConfigError(f"{ns.model}: a screening member; use `cxrkit multitask screen`")
+    model, config, blob = train.load(ns.model)
     config = _for_inference(config, ns)
     cache, records = _records(config, ns)
-    path = train.write_split_predictions(
-        model, config, records=records, cache=cache, path=Path(ns.out), device=ns.device
-    )
+    if config.task == "screening":
+        from cxrkit.multitask.screening import predict_member, write_members
+
+        disease = blob.get("disease")
+        if not disease:
+            raise ConfigError(f"{ns.model}: a screening model file without its member's disease")
+        frame = predict_member(
+            model, config, disease=disease, records=records, cache=cache, device=ns.device
+        )
+        path = write_members(frame, Path(ns.out))
+    else:
+        path = train.write_split_predictions(
+            model, config, records=records, cache=cache, path=Path(ns.out), device=ns.device
+        )
     print(f"cxrkit multitask predict: {len(records)} images scored -> {path}")
     return 0
 
@@ -144,7 +160,8 @@ def _screen(argv: Sequence[str]) -> int:
     parser = inference_parser(
         "cxrkit multitask screen",
         description="Run the screening ensemble (members + SVM) on a manifest split; writes "
-        "image_id, score (SVM decision value; abnormal when score >= the ensemble's threshold).",
+        "image_id, score (SVM decision value; abnormal when score >= the ensemble's threshold: "
+        "0, the SVM's own decision, unless it was trained with operating_point=sensitivity).",
         epilog="example:\n  cxrkit multitask screen --ensemble runs/multitask/screening "
         "--manifest m.parquet \\\n      --cache cache256 --split test --out screening_test.csv\n"
         "  cxrkit eval screening --predictions screening_test.csv --manifest m.parquet \\\n"
@@ -155,21 +172,41 @@ def _screen(argv: Sequence[str]) -> int:
         model_flag="--ensemble",
         data_required=True,
     )
+    parser.add_argument(
+        "--members",
+        default=None,
+        metavar="PATH",
+        help="also write every member's class probabilities here (.csv or .parquet): image_id, "
+        "member, p_normal, p_target, p_other, prediction; one row per image x member",
+    )
     ns = parser.parse_args(list(argv))
     from cxrkit.eval.predictions import check_output
     from cxrkit.multitask import Ensemble
     from cxrkit.multitask.screening import screen_records
 
     check_output(ns.out)  # before the cache is opened (or built) and the members run
+    if ns.members:
+        check_output(ns.members)
     ensemble = Ensemble.load(ns.ensemble)
     ensemble.config = _for_inference(ensemble.config, ns)
     cache, records = _records(ensemble.config, ns)
     path = screen_records(
-        ensemble, records=records, cache=cache, path=Path(ns.out), device=ns.device
+        ensemble,
+        records=records,
+        cache=cache,
+        path=Path(ns.out),
+        members_path=Path(ns.members) if ns.members else None,
+        device=ns.device,
     )
+    point = (
+        "the SVM's decision"
+        if ensemble.operating_point == "svm"
+        else f"for sensitivity {ensemble.target_sensitivity}"
+    )
+    extra = f"; member probabilities -> {ns.members}" if ns.members else ""
     print(
         f"cxrkit multitask screen: {len(records)} images scored -> {path} "
-        f"(threshold {ensemble.threshold:.4f} for sensitivity {ensemble.target_sensitivity})"
+        f"(threshold {ensemble.threshold:.4f}, {point}){extra}"
     )
     return 0
 

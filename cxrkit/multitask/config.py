@@ -76,17 +76,21 @@ class ReconstructionConfig:
     """Model 2's image-reconstruction decoder on the shared encoder.
 
     ``target``: ``image`` reconstructs the whole input (KCR); ``lesion`` reconstructs the image
-    inside the lesion mask dilated by a ``dilation`` x ``dilation`` square kernel in cache pixels
-    (thesis). Loss = classification + ``weight`` x MSE; a sample without a known lesion mask adds
-    no MSE. With ``empty_when_negative`` an image labelled negative for every lesion finding counts
-    as having an empty (all-zero) lesion mask, so the decoder also learns to output nothing for
-    normal images.
+    inside the lesion mask dilated by a ``dilation`` x ``dilation`` square kernel (thesis). The
+    kernel is in cache pixels when ``dilation_reference`` is 0, otherwise in pixels of an image
+    ``dilation_reference`` pixels wide (e.g. 1024, the thesis' resolution) and scaled to the cache
+    size (:meth:`kernel`), so one setting means the same anatomy at every cache size.
+    Loss = classification + ``weight`` x MSE; a sample without a known lesion mask adds no MSE.
+    With ``empty_when_negative`` an image labelled negative for every lesion finding counts as
+    having an empty (all-zero) lesion mask, so the decoder also learns to output nothing for normal
+    images.
     """
 
     enabled: bool = False
     target: str = "image"
     weight: float = 0.8  # thesis: lambda 0.8
     dilation: int = 15
+    dilation_reference: int = 0  # cxrkit: 0 = `dilation` is in cache pixels
     empty_when_negative: bool = True
     width: int = 256  # channels of the first decoder stage; halved at each 2x upsampling
     skips: bool = False  # U-Net skips; off so the reconstruction must pass through the bottleneck
@@ -101,6 +105,16 @@ class ReconstructionConfig:
             )
         if self.weight < 0 or self.width < 8:
             raise ValueError("reconstruction.weight must be >= 0 and reconstruction.width >= 8")
+        if self.dilation_reference < 0:
+            raise ValueError("reconstruction.dilation_reference must be >= 0 (0: cache pixels)")
+
+    def kernel(self, cache_size: int) -> int:
+        """The dilation kernel side in pixels of a ``cache_size`` cache: ``dilation`` scaled by
+        ``cache_size / dilation_reference`` and rounded to the nearest odd number (at least 1)."""
+        if not self.dilation_reference:
+            return self.dilation
+        scaled = self.dilation * cache_size / self.dilation_reference
+        return max(1, 2 * round((scaled - 1) / 2) + 1)
 
 
 @dataclass
@@ -143,21 +157,33 @@ class LocationConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser and plateau schedule (thesis: Adam lr 1e-3, lr halved on plateau)."""
+    """Optimiser, plateau schedule and plateau stop (thesis: Adam lr 1e-3, lr halved on plateau).
+
+    With ``stop_lr`` > 0 a run stops once its learning rate is below ``stop_lr`` and the monitored
+    metric has not improved for ``stop_patience`` validation rounds (thesis §3.3.4: lr < 1e-4 and
+    50 epochs without improvement); 0 turns the stop off.
+    """
 
     name: str = "adam"  # adam | adamw | sgd
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
+    beta1: float = 0.9  # adam / adamw; beta2 stays torch's 0.999
     plateau_factor: float = 0.5
     plateau_patience: int = 2  # validation rounds without improvement before the lr is cut
     min_lr: float = 1e-6
+    stop_lr: float = 0.0
+    stop_patience: int = 50
 
     def __post_init__(self) -> None:
         if self.name not in ("adam", "adamw", "sgd"):
             raise ValueError(f"optim.name {self.name!r} is not adam, adamw or sgd")
         if self.lr <= 0 or not 0 < self.plateau_factor < 1:
             raise ValueError("optim.lr must be > 0 and optim.plateau_factor in (0, 1)")
+        if not 0 <= self.beta1 < 1 or self.stop_lr < 0 or self.stop_patience < 0:
+            raise ValueError(
+                "optim.beta1 must be in [0, 1), optim.stop_lr >= 0 and optim.stop_patience >= 0"
+            )
 
 
 @dataclass
@@ -190,11 +216,23 @@ class ScreeningConfig:
 
     ``diseases`` use the finding syntax above. Stage ``hard`` trains on images with lesion masks
     (and, with ``reconstruction.empty_when_negative``, normal images) on classification +
-    reconstruction; stage ``weak`` continues on ``weak_records`` (``without_masks`` or ``all``) with
-    the decoder frozen and reconstruction off. The SVM is fitted on ``svm_split`` and its threshold
-    set there for ``target_sensitivity``. ``risk_groups`` lists ``"group=Disease|Disease"``
-    entries, most severe group first (empty = :data:`cxrkit.eval.screening.DEFAULT_RISK_GROUPS`);
-    they are written beside the ensemble for ``cxrkit eval screening --risk-groups``.
+    reconstruction; stage ``weak`` continues from the hard stage's best weights on
+    ``weak_records`` (``without_masks`` or ``all``) with the decoder frozen and reconstruction off;
+    ``weak_trains: classifier`` (thesis §3.3.4 step 3) also freezes the encoder so only the FC
+    layer learns, ``encoder`` trains encoder + FC (cxrkit's former behaviour). ``classes``: 3
+    (normal / target / other, the thesis' members) or 2 (normal / target, other diseases count as
+    not-target: the thesis' Tables 7-8 comparison). ``other: listed`` (thesis: its members know
+    only the 13 diseases and normal) leaves out of training and of the SVM's fit every image whose
+    positive findings all lie outside ``diseases`` (they are the unseen diseases of Table 9);
+    ``any`` keeps them, as "other" for every member.
+
+    The SVM is fitted on ``svm_split``. ``operating_point``: ``svm`` (default, thesis) calls an
+    image abnormal when the SVM's own decision value is >= 0; ``sensitivity`` (cxrkit's option,
+    not the thesis') uses the highest threshold reaching ``target_sensitivity`` on ``svm_split``.
+    Both thresholds are recorded in ``ensemble.json``. ``risk_groups`` lists
+    ``"group=Disease|Disease"`` entries, most severe group first (empty =
+    :data:`cxrkit.eval.screening.DEFAULT_RISK_GROUPS`); they are written beside the ensemble for
+    ``cxrkit eval screening --risk-groups``.
     """
 
     diseases: list[str] = field(default_factory=list)
@@ -202,13 +240,25 @@ class ScreeningConfig:
     hard: StageConfig = field(default_factory=StageConfig)
     weak: StageConfig = field(default_factory=StageConfig)
     weak_records: str = "without_masks"
+    weak_trains: str = "classifier"  # thesis: only the FC layer in the weak stage
+    other: str = "listed"  # thesis: "other disease" = another of `diseases`
+    classes: int = 3  # thesis: 3-class members
     svm: SvmConfig = field(default_factory=SvmConfig)
     svm_split: str = "val"
-    target_sensitivity: float = 0.99  # thesis: screen at 99% sensitivity
+    operating_point: str = "svm"  # thesis: the SVM's decision; "sensitivity" is cxrkit's
+    target_sensitivity: float = 0.99  # cxrkit's option: screen at 99% sensitivity
 
     def __post_init__(self) -> None:
         if self.weak_records not in ("without_masks", "all"):
             raise ValueError("screening.weak_records must be 'without_masks' or 'all'")
+        if self.other not in ("listed", "any"):
+            raise ValueError("screening.other must be 'listed' or 'any'")
+        if self.weak_trains not in ("classifier", "encoder"):
+            raise ValueError("screening.weak_trains must be 'classifier' or 'encoder'")
+        if self.classes not in (2, 3):
+            raise ValueError(f"screening.classes must be 2 or 3, got {self.classes}")
+        if self.operating_point not in ("svm", "sensitivity"):
+            raise ValueError("screening.operating_point must be 'svm' or 'sensitivity'")
         if not 0 < self.target_sensitivity <= 1:
             raise ValueError("screening.target_sensitivity must be in (0, 1]")
         names = [parse_finding(entry)[0] for entry in self.diseases]
@@ -242,7 +292,10 @@ class MultiTaskConfig:
     location: LocationConfig = field(default_factory=LocationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     screening: ScreeningConfig = field(default_factory=ScreeningConfig)
-    augment: bool = False  # small affine + brightness/contrast jitter (albumentations)
+    augment: bool = False  # training augmentation (albumentations), see augment_transforms
+    # named transforms of cxrkit.data.augmentation.TRANSFORMS; empty = its default list (small
+    # affine + brightness/contrast jitter)
+    augment_transforms: list[str] = field(default_factory=list)
     predict_split: str = "test"  # split scored after training into predictions_<split>.csv
     # the validation metric that picks checkpoints/best.ckpt (and drives the plateau schedule):
     # val/loss, or val/mAUROC (multilabel only) so models with different losses are selected alike
@@ -262,6 +315,11 @@ class MultiTaskConfig:
         names = [parse_finding(entry)[0] for entry in self.findings]
         if len(set(names)) != len(names):
             raise ValueError(f"findings has duplicate names: {names}")
+        from cxrkit.data.augmentation import TRANSFORMS
+
+        unknown = [t for t in self.augment_transforms if t not in TRANSFORMS]
+        if unknown:
+            raise ValueError(f"augment_transforms: {unknown} not in {TRANSFORMS}")
 
 
 def config_from_dict(values: dict) -> MultiTaskConfig:

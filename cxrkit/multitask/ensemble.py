@@ -1,9 +1,10 @@
 """The screening ensemble as users load and call it: per-disease members, then an SVM.
 
 Each member is a 3-class :class:`~cxrkit.multitask.model.MultiTaskModel` (normal / its disease /
-another disease); an SVM (scikit-learn ``StandardScaler`` + ``SVC``) over the concatenated logits
-of every member decides normal vs abnormal, and its threshold on the decision value is the highest
-one reaching the target sensitivity on the calibration split. Training lives in
+another disease; or 2-class, normal / its disease); an SVM (scikit-learn ``StandardScaler`` +
+``SVC``) over the concatenated logits of every member decides normal vs abnormal. The operating
+point is the SVM's own decision (decision value >= 0; the thesis') or, as cxrkit's option, the
+highest threshold reaching the target sensitivity on the calibration split. Training lives in
 :mod:`cxrkit.multitask.screening`; this module holds what a trained ensemble is::
 
     OUT/members/<disease>/member.pt      exported weights + config (cxrkit.io model file)
@@ -12,6 +13,8 @@ one reaching the target sensitivity on the calibration split. Training lives in
 
     ensemble = Ensemble.load("runs/multitask/screening")
     scores = ensemble.predict(records=records, cache=cache)   # image_id, score
+    ids, feats = ensemble.features_of(records=records, cache=cache)
+    per_member = ensemble.member_frame(ids, feats)   # image_id, member, p_normal, p_target, ...
 """
 
 from __future__ import annotations
@@ -49,9 +52,14 @@ TRUSTED_TYPES = (
 )
 
 
-def feature_names(diseases: Sequence[str]) -> list[str]:
+def feature_names(diseases: Sequence[str], *, classes: int = 3) -> list[str]:
     """SVM input columns: ``<disease>:<class>`` for each member, in member order."""
-    return [f"{parse_finding(d).name}:{c}" for d in diseases for c in targets.THREE_CLASSES]
+    names = targets.THREE_CLASSES[:classes]
+    return [f"{parse_finding(d).name}:{c}" for d in diseases for c in names]
+
+
+# member table columns: the probabilities of normal, the member's target disease, another disease
+MEMBER_COLUMNS = ("p_normal", "p_target", "p_other")
 
 
 @dataclasses.dataclass
@@ -63,9 +71,10 @@ class Ensemble:
         members: one 3-class model per disease.
         svm: scikit-learn pipeline; ``decision_function`` > ``threshold`` means abnormal.
         threshold: decision value at ``target_sensitivity`` on the calibration split.
-        target_sensitivity: the sensitivity the threshold was chosen for.
-        info: extra JSON fields (calibration counts, image size, ...).
+        target_sensitivity: the sensitivity of cxrkit's optional threshold.
+        info: extra JSON fields (calibration counts, image size, both thresholds, ...).
         config: the members' training configuration (data recipe, batch size) for inference.
+        operating_point: ``svm`` (threshold 0, the SVM's decision) or ``sensitivity``.
     """
 
     diseases: list[str]
@@ -75,10 +84,17 @@ class Ensemble:
     target_sensitivity: float
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     config: MultiTaskConfig | None = None
+    operating_point: str = "svm"
+
+    @property
+    def classes(self) -> int:
+        """Outputs per member: 3 (normal / target / other) or 2 (normal / target)."""
+        return int(self.members[0].classifier.out_features) if self.members else 3
 
     @torch.no_grad()
     def features(self, image: torch.Tensor) -> np.ndarray:
-        """Concatenated member logits, float64 (B, 3 x members), for FloatTensor[B, 1, H, W]."""
+        """Concatenated member logits, float64 (B, classes x members), of FloatTensor[B, 1, H, W]
+        images."""
         cols = []
         for model in self.members:
             device = next(model.parameters()).device
@@ -98,7 +114,7 @@ class Ensemble:
     def features_of(
         self, *, records: Sequence[Record], cache: Cache, device: str = "auto"
     ) -> tuple[list[str], np.ndarray]:
-        """Image ids and SVM features (N, 3 x members) of ``records``, in one pass over the
+        """Image ids and SVM features (N, classes x members) of ``records``, in one pass over the
         images (read with the members' recipe and batch size)."""
         if self.config is None:
             raise ValueError("this ensemble has no configuration to read images with")
@@ -108,8 +124,12 @@ class Ensemble:
         for batch in inference_loader(self.config, records=records, cache=cache):
             chunks.append(self.features(batch["image"]))
             ids.extend(batch["image_id"])
-        width = 3 * len(self.members)
+        width = self.classes * len(self.members)
         return ids, np.concatenate(chunks) if chunks else np.zeros((0, width))
+
+    def member_frame(self, ids: Sequence[str], features: np.ndarray) -> pd.DataFrame:
+        """Every member's class probabilities from ``features`` (:func:`member_frame`)."""
+        return member_frame(ids, features, diseases=self.diseases, classes=self.classes)
 
     def predict(
         self, *, records: Sequence[Record], cache: Cache, device: str = "auto"
@@ -132,11 +152,12 @@ class Ensemble:
         doc = {
             "version": ENSEMBLE_VERSION,
             "members": members,
-            "features": feature_names(self.diseases),
+            "features": feature_names(self.diseases, classes=self.classes),
             "svm": SVM_FILE,
             "svm_sha256": io.sha256(svm_path),
             "threshold": self.threshold,
             "target_sensitivity": self.target_sensitivity,
+            "operating_point": self.operating_point,
             **self.info,
         }
         return io.atomic_write(root / ENSEMBLE_FILE, json.dumps(doc, indent=2))
@@ -195,7 +216,8 @@ class Ensemble:
             config = config or member_config
             diseases.append(entry["disease"])
             members.append(model)
-        if doc.get("features") and doc["features"] != feature_names(diseases):
+        classes = int(members[0].classifier.out_features)
+        if doc.get("features") and doc["features"] != feature_names(diseases, classes=classes):
             raise DataError(f"{doc_path}: feature order does not match its members")
         info = {k: v for k, v in doc.items() if k not in _SAVED_KEYS}
         return cls(
@@ -206,6 +228,7 @@ class Ensemble:
             target_sensitivity=target,
             info=info,
             config=config,
+            operating_point=str(doc.get("operating_point", "sensitivity")),
         )
 
 
@@ -217,6 +240,7 @@ _SAVED_KEYS = {
     "svm_sha256",
     "threshold",
     "target_sensitivity",
+    "operating_point",
 }
 
 
@@ -258,6 +282,37 @@ def fit_svm(
         y_true=y, y_score=scores, target=target_sensitivity
     )
     return svm, float(threshold)
+
+
+def member_frame(
+    ids: Sequence[str], logits: np.ndarray, *, diseases: Sequence[str], classes: int = 3
+) -> pd.DataFrame:
+    """One row per image x member: ``image_id, member, p_normal, p_target[, p_other],
+    prediction``.
+
+    Args:
+        ids: N image ids.
+        logits: (N, classes x members) member logits in member order (:meth:`Ensemble.features`).
+        diseases: the members' disease entries (their names label the rows).
+        classes: 3 (normal / target / other) or 2 (no ``p_other`` column).
+
+    Rows are image-major in member order; the probabilities are each member's softmax and
+    ``prediction`` its argmax class (``normal``, ``target``, ``other``).
+    """
+    names = [parse_finding(d).name for d in diseases]
+    x = np.asarray(logits, dtype=np.float64).reshape(len(ids), len(names), classes)
+    z = np.exp(x - x.max(axis=2, keepdims=True))
+    probs = (z / z.sum(axis=2, keepdims=True)).reshape(-1, classes)
+    frame = pd.DataFrame(
+        {
+            "image_id": np.repeat(np.asarray(list(ids), dtype=object), len(names)),
+            "member": names * len(ids),
+        }
+    )
+    for j, column in enumerate(MEMBER_COLUMNS[:classes]):
+        frame[column] = probs[:, j]
+    frame["prediction"] = np.array(["normal", "target", "other"])[probs.argmax(axis=1)]
+    return frame
 
 
 def screening_frame(ids: Sequence[str], scores: np.ndarray) -> pd.DataFrame:

@@ -6,7 +6,8 @@ Stages (``stage``):
   reconstruction, segmentation and location when the config enables them.
 - ``hard``: a screening member's first stage: 3-class classification + lesion reconstruction.
 - ``weak``: its second stage: the decoder is frozen (weights and BatchNorm statistics) and the
-  reconstruction loss is off.
+  reconstruction loss is off; with ``screening.weak_trains: classifier`` (thesis §3.3.4 step 3)
+  the encoder is frozen the same way and only the FC layer (``model.classifier``) learns.
 
 Losses are a named dict (``loss_cls``, ``loss_rec``, ``loss_seg``, ``loss_loc``), summed once with
 the config's weights; every term is logged and a non-finite one stops the run naming the step and
@@ -31,6 +32,38 @@ from cxrkit.multitask.model import MultiTaskModel, build_from_config
 from cxrkit.multitask.targets import DISEASE, NORMAL, OTHER, lesion_mask, reconstruction_target
 
 STAGES = ("joint", "hard", "weak")
+
+
+class PlateauStop:
+    """The thesis' stop rule: stop once the lr is below ``stop_lr`` and the monitored metric has
+    not improved for ``patience`` rounds (§3.3.4: lr < 1e-4 and 50 epochs without improvement).
+
+    ``update(value, lr)`` takes one round's metric (lower is better unless ``mode="max"``; NaN
+    counts as no improvement) and the current lr, and returns True when training should stop.
+    """
+
+    def __init__(self, *, stop_lr: float, patience: int, mode: str = "min") -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode {mode!r} is not 'min' or 'max'")
+        self.stop_lr = stop_lr
+        self.patience = patience
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.best = float("inf")
+        self.bad_rounds = 0
+
+    def update(self, value: float, lr: float) -> bool:
+        v = self.sign * float(value)
+        if v == v and v < self.best:
+            self.best, self.bad_rounds = v, 0
+        else:
+            self.bad_rounds += 1
+        return self.stop_lr > 0 and lr < self.stop_lr and self.bad_rounds >= self.patience
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "bad_rounds": self.bad_rounds}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best, self.bad_rounds = float(state["best"]), int(state["bad_rounds"])
 
 
 class MultiTaskModule(L.LightningModule):
@@ -75,7 +108,8 @@ class MultiTaskModule(L.LightningModule):
         self.screening = screening
         self.layout = mask_layout(config, disease=disease)
         self.findings = [parse_finding(f)[0] for f in config.findings]
-        num_outputs = 3 if screening else len(self.findings)
+        self.num_classes = config.screening.classes if screening else 0
+        num_outputs = self.num_classes if screening else len(self.findings)
         self.model: MultiTaskModel = build_from_config(
             config, num_outputs=num_outputs, load_weights=load_weights
         )
@@ -86,8 +120,15 @@ class MultiTaskModule(L.LightningModule):
             "loss_seg": config.segmentation.weight,
             "loss_loc": config.location.weight,
         }
+        self.freeze_encoder = stage == "weak" and config.screening.weak_trains == "classifier"
         if stage == "weak":
             self.freeze_decoder()
+        if self.freeze_encoder:
+            self.freeze_all_but_classifier()
+        mode = "max" if "auroc" in monitor.lower() else "min"
+        self.plateau_stop = PlateauStop(
+            stop_lr=config.optim.stop_lr, patience=config.optim.stop_patience, mode=mode
+        )
         self._val: list[dict[str, Tensor]] = []
 
     # ----------------------------------------------------------------------------------------------
@@ -99,10 +140,23 @@ class MultiTaskModule(L.LightningModule):
             p.requires_grad_(False)
         self.model.decoder.eval()
 
+    def freeze_all_but_classifier(self) -> None:
+        """Freeze every parameter but the classifier's, and keep the frozen parts in eval mode
+        (their BatchNorm statistics stay fixed too): the thesis' weak stage trains the FC only."""
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name.startswith("classifier."))
+        self._frozen_eval()
+
+    def _frozen_eval(self) -> None:
+        for name, child in self.model.named_children():
+            frozen_decoder = name == "decoder" and self.stage == "weak"
+            if frozen_decoder or (self.freeze_encoder and name != "classifier"):
+                child.eval()
+
     def train(self, mode: bool = True) -> MultiTaskModule:
         super().train(mode)
-        if self.stage == "weak" and self.model.decoder is not None:
-            self.model.decoder.eval()  # keep the frozen decoder's BatchNorm statistics fixed
+        if self.stage == "weak":
+            self._frozen_eval()  # keep the frozen parts' BatchNorm statistics fixed
         return self
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
@@ -113,7 +167,10 @@ class MultiTaskModule(L.LightningModule):
         """The named loss terms of one batch (unweighted)."""
         losses: dict[str, Tensor] = {}
         if self.screening:
-            losses["loss_cls"] = terms.three_class_loss(out["logits"], batch["target3"])
+            target = batch["target3"]
+            if self.num_classes == 2:  # normal / target: another disease is "not the target"
+                target = torch.where(target == OTHER, torch.full_like(target, NORMAL), target)
+            losses["loss_cls"] = terms.three_class_loss(out["logits"], target)
         else:
             losses["loss_cls"] = terms.classification_loss(
                 out["logits"], batch["labels"], batch["label_known"]
@@ -147,7 +204,11 @@ class MultiTaskModule(L.LightningModule):
                 absent = negative.all(dim=1)
             known = torch.maximum(known, absent.to(known.dtype))
         return reconstruction_target(
-            image, mode="lesion", lesion=mask, lesion_known=known, dilation=rec.dilation
+            image,
+            mode="lesion",
+            lesion=mask,
+            lesion_known=known,
+            dilation=rec.kernel(self.config.data.preprocess.size),
         )
 
     def _step(self, batch: dict[str, Any], prefix: str) -> tuple[Tensor, dict[str, Tensor], dict]:
@@ -224,16 +285,35 @@ class MultiTaskModule(L.LightningModule):
         valid = [a for a in aurocs if a == a]
         self.log("val/mAUROC", sum(valid) / len(valid) if valid else float("nan"), sync_dist=False)
 
+    def on_train_epoch_end(self) -> None:
+        # after this epoch's validation: the thesis' stop rule (off unless optim.stop_lr > 0)
+        value = self.trainer.callback_metrics.get(self.monitor)
+        if value is None or not self.trainer.optimizers:
+            return
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        if self.plateau_stop.update(float(value), lr):
+            self.trainer.should_stop = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["plateau_stop"] = self.plateau_stop.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "plateau_stop" in checkpoint:
+            self.plateau_stop.load_state_dict(checkpoint["plateau_stop"])
+
     # ----------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.config.optim
         params = [p for p in self.parameters() if p.requires_grad]
+        betas = (opt.beta1, 0.999)
         if opt.name == "adam":
             optimizer: torch.optim.Optimizer = torch.optim.Adam(
-                params, lr=self.lr, weight_decay=opt.weight_decay
+                params, lr=self.lr, betas=betas, weight_decay=opt.weight_decay
             )
         elif opt.name == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=opt.weight_decay)
+            optimizer = torch.optim.AdamW(
+                params, lr=self.lr, betas=betas, weight_decay=opt.weight_decay
+            )
         else:
             optimizer = torch.optim.SGD(
                 params, lr=self.lr, momentum=opt.momentum, weight_decay=opt.weight_decay

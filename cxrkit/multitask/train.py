@@ -56,7 +56,9 @@ def build_dataset(
     augment = None
     if train and config.augment:
         augment = augmentation.default_augment(
-            kind="classification", size=config.data.preprocess.size
+            kind="classification",
+            size=config.data.preprocess.size,
+            transforms=config.augment_transforms or None,
         )
     base = datasets.ClassificationDataset(
         records=records, cache=cache, findings=findings, masks=layout.names, augment=augment
@@ -156,9 +158,9 @@ def load(path: str | Path) -> tuple[MultiTaskModel, MultiTaskConfig, dict[str, A
 
 
 def num_outputs(config: MultiTaskConfig) -> int:
-    """Classifier outputs: 3 for a screening member (normal / disease / other), else one per
-    finding."""
-    return 3 if config.task == "screening" else len(config.findings)
+    """Classifier outputs: ``screening.classes`` for a screening member (3: normal / disease /
+    other; 2: normal / disease), else one per finding."""
+    return config.screening.classes if config.task == "screening" else len(config.findings)
 
 
 def inference_loader(

@@ -37,17 +37,29 @@ def test_stage_records_split_by_masks(phantoms: Phantoms, tmp_path: Path) -> Non
     train = [r for r in phantoms.records if r.split == "train"]
     hard, weak = screening.stage_records(train, config=config)
     lesions = {"Pneumothorax", "Nodule", "Mass", "Effusion"}
+    unseen = 0
     for r in train:
         has_mask = bool(lesions & set(r.mask_paths))
         normal = targets.is_abnormal(r) == 0
+        # screening.other=listed (thesis): an image with only other findings is not trained on
+        listed = normal or any(r.labels.get(n) == 1 for n in lesions)
+        unseen += not listed
         assert (r in hard) == (has_mask or normal)
-        assert (r in weak) == (not has_mask)
-    assert hard and weak  # the fixture keeps some abnormal images without masks
+        assert (r in weak) == (not has_mask and listed)
+    assert hard and weak and unseen  # the fixture keeps some abnormal images without masks
+    _, weak_any = screening.stage_records(
+        train, config=_config(phantoms, tmp_path, "screening.other=any")
+    )
+    assert len(weak_any) == len(weak) + unseen
 
 
 def test_weak_stage_freezes_the_decoder(phantoms: Phantoms, tmp_path: Path) -> None:
+    # weak_trains=encoder: cxrkit's former weak stage (the thesis' FC-only default is tested in
+    # test_scxnn_config.py); the decoder stays frozen either way
     torch.manual_seed(0)
-    config = _config(phantoms, tmp_path, "trainer.val_check_interval=1.0")
+    config = _config(
+        phantoms, tmp_path, "trainer.val_check_interval=1.0", "screening.weak_trains=encoder"
+    )
     cache = loading.open_cache(config.data)
     train = [r for r in phantoms.records if r.split == "train"]
     hard, weak = screening.stage_records(train, config=config)

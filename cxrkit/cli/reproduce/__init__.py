@@ -15,9 +15,11 @@ from typing import Any
 from cxrkit.cli.common import add_command
 
 # paper -> module defining register(subparsers), in the order `--help` lists them
-PAPERS: dict[str, str] = {}
-PAPERS["kcr"] = "cxrkit.cli.reproduce.kcr"
-PAPERS["guendel"] = "cxrkit.cli.reproduce.guendel"
+PAPERS: dict[str, str] = {
+    "scxnn": "cxrkit.cli.reproduce.scxnn",
+    "kcr": "cxrkit.cli.reproduce.kcr",
+    "guendel": "cxrkit.cli.reproduce.guendel",
+}
 
 EPILOG = """\
 Each driver prints its plan (stages, time estimate) first, runs the stages in order and writes
