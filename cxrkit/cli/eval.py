@@ -140,8 +140,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     det.add_argument("--classes", help="comma-separated classes (default: classes with boxes)")
     det.add_argument(
         "--gt-reader",
-        default="all",
-        help="ground truth: 'all' readers' boxes, 'fused' (weighted boxes fusion) or a reader id",
+        default="auto",
+        help="ground truth: auto (fused when an image has several readers' boxes, else the boxes "
+        "as given; the default), 'all' readers' boxes, 'fused' (weighted boxes fusion) or a "
+        "reader id",
     )
     det.add_argument("--fusion-iou", type=float, default=0.5, help="IoU of reader fusion")
     det.add_argument("--voc-iou", type=float, default=0.4, help="IoU of the VOC mAP (default 0.4)")
