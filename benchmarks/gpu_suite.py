@@ -577,7 +577,8 @@ def part_b5(scale: Scale, device: torch.device, work: Path) -> dict[str, Any]:
     cache_px = scale.image * 8 // 7  # a 256-px cache for 224-px views
     build_cache(
         records=records, out_dir=work / "cache", recipe=PreprocessConfig(size=cache_px),
-        workers=min(scale.loader_workers, os.cpu_count() or 1), progress=False,
+        workers=1 if scale is TINY else min(scale.loader_workers, os.cpu_count() or 1),
+        progress=False,
     )  # fmt: skip
     dataset = datasets.UnlabeledDataset(
         records=records,

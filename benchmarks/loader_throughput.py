@@ -180,7 +180,9 @@ def loader_rate(dataset: Dataset, *, workers: int, items: int, batch_size: int) 
     return seen / (time.perf_counter() - start)
 
 
-def build_caches(records: list[Record], work: Path, sizes: tuple[int, ...]) -> dict[int, Cache]:
+def build_caches(
+    records: list[Record], work: Path, sizes: tuple[int, ...], *, workers: int
+) -> dict[int, Cache]:
     caches = {}
     for size in sizes:
         out = work / f"cache-{size}"
@@ -188,7 +190,7 @@ def build_caches(records: list[Record], work: Path, sizes: tuple[int, ...]) -> d
             records=records,
             out_dir=out,
             recipe=PreprocessConfig(size=size),
-            workers=min(2, os.cpu_count() or 1),
+            workers=workers,
             progress=False,
         )
         caches[size] = Cache(out)
@@ -250,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-sizes", type=int, nargs="+", default=list(LOAD_SIZES))
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="DataLoader runs too")
     parser.add_argument("--workdir", type=Path, help="keep originals and caches here")
+    parser.add_argument("--build-workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in a DataLoader worker
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.workdir or Path(tmp)
         records = make_originals(work / "originals", n=args.images, side=args.orig_size)
         sizes = tuple(sorted({*args.load_sizes, 224, 256}))
-        caches = build_caches(records, work, sizes)
+        caches = build_caches(records, work, sizes, workers=args.build_workers)
         report: dict = {
             "machine": {
                 "cpus": os.cpu_count(),

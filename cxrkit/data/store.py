@@ -1,9 +1,11 @@
 """The packed image store: a cache's images as raw uint8 shards, memory-mapped by the loader.
 
-A PNG costs a decode every time a training loader reads it (about 0.3 ms for a 256 px radiograph on
-one core, more than the augmentation of a small crop); the same pixels as raw bytes in a
-memory-mapped file cost one copy. The store sits inside a cache directory and holds the same images
-as its PNGs, in the same geometry (``height x width`` cache pixels, uint8, single channel)::
+A PNG costs a decode (and a sha256) every time a training loader reads it; the same pixels as raw
+bytes in a memory-mapped file cost one copy and, once per process, a crc32. Measured with
+``benchmarks/loader_throughput.py`` (per CPU second, shared 2-core machine): 38 / 39 / 64 us per
+image from the store at 224 / 256 / 512 px against 995 / 1,288 / 4,205 us for the checked PNG.
+The store sits inside a cache directory and holds the same images as its PNGs, in the same
+geometry (``height x width`` cache pixels, uint8, single channel)::
 
     store/index.parquet               one row per image: image_id, shard, offset, height, width,
                                       crc32 of the raw bytes, sha256 of the PNG it was packed from
@@ -50,9 +52,10 @@ SHARD_SUFFIX = ".u8"
 # cxrkit's choice: a shard near 256 MiB (about 4,000 images at 256 px; 112,120 NIH images in 28
 # files instead of 224,240 PNGs and sidecars) keeps file counts small and a rewrite cheap.
 SHARD_BYTES = 256 << 20
-# cxrkit's choice, from benchmarks/loader_throughput.py: at 224-512 px reading the raw bytes is
-# several times faster than decoding the PNG; above 512 px the store's size (no compression)
-# outweighs it, and those sizes are for inference, where the PNG is read once.
+# cxrkit's choice: the store is packed for training sizes (<= 512 px), where every epoch reads
+# every image and the store is 25x+ faster (benchmarks/loader_throughput.py). Larger caches
+# (1024 px: 1 MiB an image raw, 117 GB for NIH) serve inference, where each PNG is read once;
+# their load speed was not measured here.
 MAX_SIDE = 512
 
 INDEX_SCHEMA = pa.schema(
