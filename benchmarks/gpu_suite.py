@@ -57,11 +57,12 @@ import lightning as L
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._turns import MIN_PAIRS, turns  # noqa: E402
+from benchmarks.pretrain_throughput import _Repeat  # noqa: E402
 from cxrkit import engine  # noqa: E402
 from cxrkit.config import PreprocessConfig, TrainerConfig  # noqa: E402
 from cxrkit.models import backbones  # noqa: E402
@@ -262,17 +263,15 @@ class _Interleave(L.Callback):
         self._t = time.perf_counter()
 
 
-class _Repeat(Dataset):
-    """The same host batch at every index (``batch_size=None``): no loading cost on either side."""
+def repeated(host: dict[str, Any], scale: Scale) -> DataLoader:
+    """The same host batch for every step of a fit (``batch_size=None``): no loading cost."""
+    return DataLoader(_Repeat(host, scale.warmup + scale.pairs * scale.k + 2), batch_size=None)
 
-    def __init__(self, batch: dict[str, Any], n: int) -> None:
-        self.batch, self.n = batch, n
 
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.batch
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def fit_interleaved(
@@ -416,10 +415,7 @@ class MinimalBarlowTwins:
         return self.criterion(zs[0].float(), zs[1].float())
 
     def step(self, host: dict[str, Any]) -> None:
-        loss = self.forward(self.data(host))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        optimizer_step(self.optimizer, self.forward(self.data(host)))
 
 
 def bt_module(scale: Scale, batch: int, channels_last: bool) -> BarlowTwins:
@@ -478,16 +474,11 @@ def part_b2(scale: Scale, device: torch.device, peak: float | None) -> list[dict
             with autocast(device):
                 logits = model((x.expand(-1, 3, -1, -1) - mean) / std)
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(optimizer, loss)
 
         return step
 
-    n = scale.warmup + scale.pairs * scale.k + 2
-    probe = fit_interleaved(
-        ours, DataLoader(_Repeat(host, n), batch_size=None), peer=peer, scale=scale, device=device
-    )
+    probe = fit_interleaved(ours, repeated(host, scale), peer=peer, scale=scale, device=device)
     body, dim = make_backbone(scale)
     model = nn.Sequential(body, nn.Linear(dim, findings))
     x = torch.rand(2, 3, scale.image, scale.image)
@@ -685,17 +676,11 @@ def part_b8_b9(scale: Scale, device: torch.device, peak: float | None) -> list[d
             tg = [{k: v.to(device) for k, v in t.items()} for t in targets]
             with autocast(device):
                 losses = model(images, tg)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(optimizer, sum(losses.values()))
 
         return step
 
-    n = scale.warmup + scale.pairs * scale.k + 2
-    probe = fit_interleaved(
-        ours, DataLoader(_Repeat(host, n), batch_size=None), peer=peer, scale=scale, device=device
-    )
+    probe = fit_interleaved(ours, repeated(host, scale), peer=peer, scale=scale, device=device)
     counted = _our_detector(scale).train()
     flops = counted_flops(lambda: sum(counted(grey[:1], targets[:1]).values()).backward())
     setting = f"{scale.det_size} px, batch {scale.det_batch}, {precision(device)}"
