@@ -13,6 +13,17 @@ torch.compile. Data loading is excluded on both sides (it is measured by the dat
     # one GPU, the paper's resolution, bf16, channels_last and compile variants; reports MFU
     python benchmarks/pretrain_throughput.py --device cuda --size 224 --batch 256 \\
         --precision bf16-mixed --variants plain,ours,ours+cl,ours+cl+compile --json gpu.json
+    # the stall between the last step of an epoch and the first of the next (tiny model, CPU)
+    python benchmarks/pretrain_throughput.py --epoch-gap --json gap.json
+
+``--epoch-gap``: a tiny Barlow Twins module (the shipped LightningModule, a 2-layer backbone)
+trained for 3 epochs through the shipped trainer on a real cache and the real BYOL views, with
+2 loader workers and a checkpoint due at every epoch's last step. Contenders, A B C A B C: the
+loader before this change (a DataLoader whose epoch iterator is made anew: persistent workers,
+but an empty queue at every epoch start), ours (:class:`cxrkit.pretrain.data.PretrainData`, one
+iterator across epochs), and ours with Lightning's ``AsyncCheckpointIO`` (the checkpoint written
+by a thread; the engine change proposed with this benchmark). The gap is the wall time from the
+end of an epoch's last step to the start of the next epoch's first step.
 """
 
 from __future__ import annotations
@@ -21,7 +32,9 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -38,11 +51,15 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from cxrkit import engine
-from cxrkit.config import TrainerConfig
-from cxrkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet50
-from cxrkit.pretrain.config import OptimConfig
-from cxrkit.pretrain.module import BarlowTwins
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._turns import turns  # noqa: E402
+from cxrkit import engine  # noqa: E402
+from cxrkit.config import PreprocessConfig, TrainerConfig  # noqa: E402
+from cxrkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet50  # noqa: E402
+from cxrkit.pretrain.config import OptimConfig, ViewsConfig  # noqa: E402
+from cxrkit.pretrain.data import PretrainData  # noqa: E402
+from cxrkit.pretrain.module import BarlowTwins  # noqa: E402
+from cxrkit.pretrain.sampling import ResumableSampler, SeededViews  # noqa: E402
 
 
 def make_batch(*, batch: int, size: int, pin: bool) -> dict[str, Any]:
@@ -170,12 +187,146 @@ def flops_per_pair(args: argparse.Namespace) -> float:
     return counter.get_total_flops() / 2
 
 
+# --------------------------------------------------------------------------------------------------
+# The epoch boundary
+
+
+class _Boundaries(L.Callback):
+    """Wall time of each step's start and end, with its epoch."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, float, float]] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append((trainer.current_epoch, self._start, time.perf_counter()))
+
+    def gaps(self) -> list[float]:
+        """End of each epoch's last step -> start of the next epoch's first step."""
+        out = []
+        for (e0, _, end), (e1, start, _) in zip(self.steps, self.steps[1:], strict=False):
+            if e1 == e0 + 1:
+                out.append(start - end)
+        return out
+
+
+class _PerEpochIterator(PretrainData):
+    """The loader before this change: a DataLoader whose iterator is made anew every epoch."""
+
+    def train_dataloader(self):
+        sampler = ResumableSampler(self.dataset, seed=self.seed)
+        return engine.build_loader(
+            SeededViews(self.dataset),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            train=True,
+            drop_last=True,
+            sampler=sampler,
+        )
+
+
+def _tiny_module(batch: int, projector: int) -> BarlowTwins:
+    backbone = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 7, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    )  # fmt: skip
+    return BarlowTwins(
+        backbone=backbone,
+        feature_dim=16,
+        projector_hidden_dim=projector,
+        projector_output_dim=projector,
+        optim=OptimConfig(warmup_epochs=0),
+        batch_size=batch,
+    )
+
+
+def epoch_gap_run(
+    dataset, *, loader: str, batch: int, workers: int, epochs: int, projector: int, out: Path
+) -> list[float]:
+    """One 3-epoch run; returns its epoch-boundary gaps in seconds."""
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO
+
+    torch.manual_seed(0)
+    per_epoch = len(dataset) // batch
+    config = TrainerConfig(
+        accelerator="cpu",
+        devices="1",
+        max_epochs=epochs,
+        log_every_n_steps=1,
+        checkpoint_every_n_steps=per_epoch,  # a checkpoint due at every epoch's last step
+        progress_bar=False,
+    )
+    cls = _PerEpochIterator if loader == "per-epoch iterator" else PretrainData
+    data = cls(dataset=dataset, batch_size=batch, num_workers=workers, seed=0)
+    probe = _Boundaries()
+    trainer = engine.build_trainer(config=config, output_dir=out, callbacks=[probe])
+    if loader == "ours + async checkpoint":
+        trainer.strategy.checkpoint_io = AsyncCheckpointIO()
+    trainer.fit(_tiny_module(batch, projector), train_dataloaders=data)
+    return probe.gaps()
+
+
+def measure_epoch_gap(args: argparse.Namespace) -> dict:
+    from cxrkit.data import datasets
+    from cxrkit.data.cache import Cache
+    from cxrkit.data.preprocess import build_cache
+    from cxrkit.pretrain.transforms import build_view_transform
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from loader_throughput import make_originals
+
+    gaps: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        records = make_originals(work / "originals", n=args.gap_images, side=args.gap_orig_size)
+        build_cache(
+            records=records, out_dir=work / "cache", recipe=PreprocessConfig(size=args.gap_cache),
+            progress=False,
+        )  # fmt: skip
+        views = build_view_transform(views=ViewsConfig(size=args.gap_view))
+        dataset = datasets.UnlabeledDataset(
+            records=records, cache=Cache(work / "cache"), transform=views
+        )
+        names = ("per-epoch iterator", "ours", "ours + async checkpoint")
+
+        def run(name: str) -> None:
+            out = work / f"run-{len(sum(gaps.values(), []))}"
+            found = epoch_gap_run(
+                dataset, loader=name, batch=args.gap_batch, workers=args.gap_workers,
+                epochs=3, projector=args.projector, out=out,
+            )  # fmt: skip
+            gaps.setdefault(name, []).extend(found)
+
+        t = turns({n: (lambda n=n: run(n)) for n in names}, pairs=args.pairs, warmup=0)
+    result = {
+        "settings": {
+            "images": args.gap_images, "batch": args.gap_batch, "workers": args.gap_workers,
+            "cache_px": args.gap_cache, "view_px": args.gap_view, "projector": args.projector,
+            "cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
+        },
+        "gaps_s": gaps,
+        "median_gap_s": {n: statistics.median(g) for n, g in gaps.items()},
+        "turns": t.as_dict(),
+    }  # fmt: skip
+    print(
+        f"epoch-boundary gap, {args.pairs} interleaved rounds x 2 boundaries, batch "
+        f"{args.gap_batch}, {args.gap_workers} workers, views {args.gap_view} px from a "
+        f"{args.gap_cache} px cache, load average {os.getloadavg()[0]:.2f}"
+    )
+    for name, value in result["median_gap_s"].items():
+        print(f"{name:>26}: median gap {value * 1000:8.1f} ms")
+    return result
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=64)
@@ -192,7 +343,23 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=1, help="alternate the variants N times")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    parser.add_argument("--epoch-gap", action="store_true", help="measure the epoch boundary")
+    parser.add_argument("--pairs", type=int, default=5, help="epoch gap: interleaved rounds")
+    parser.add_argument("--gap-images", type=int, default=96)
+    parser.add_argument("--gap-orig-size", type=int, default=512)
+    parser.add_argument("--gap-cache", type=int, default=256)
+    parser.add_argument("--gap-view", type=int, default=224)
+    parser.add_argument("--gap-batch", type=int, default=32)
+    parser.add_argument("--gap-workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.epoch_gap:
+        torch.set_num_threads(args.threads)
+        logging.getLogger("lightning").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore")
+        result = measure_epoch_gap(args)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return 0
 
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
@@ -241,7 +408,8 @@ def main() -> None:
         print(line)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,6 +8,8 @@ Layout of a cache directory (written by :mod:`cxrkit.data.preprocess`, read here
     items/<xx>/<key>.json             its sidecar: geometry, sha256 of the PNG, mask names
     items/<xx>/<key>.mask.<name>.png  masks mapped into cache pixels (uint8 0/255), one per name
     errors.csv                        items skipped with --on-error skip: image_id, path, reason
+    store/                            the same images as raw memory-mapped shards, when packed
+                                      (:mod:`cxrkit.data.store`; training sizes, side <= 512)
 
 ``<key>`` is a readable, filename-safe prefix of the image id followed by 32 hex digits of the id's
 sha256, so two ids never share a file: not ids that differ only after a dot (DICOM UIDs), nor in
@@ -16,7 +18,9 @@ hex digits of the same hash) spreads files over folders. ``recipe.json`` records
 (``cache_layout``); a cache from the old scheme, in which ids could collide, is refused by name.
 An item is finished when its sidecar exists (written last, atomically); the index is rebuilt from
 the sidecars at the end of every run, so a killed run resumes by skipping finished items. Loading an
-image checks its bytes against the sha256 in the index.
+image reads it from the store when the store holds it packed from the PNG the index names (its crc32
+checked on a process's first read), else from the PNG, checked against the sha256 in the index; a
+cache without a store (built before it existed, or above 512 px) reads its PNGs.
 
 Geometry: an original image of ``orig_width x orig_height`` is zero-padded by ``pad_left`` and
 ``pad_top`` (and right/bottom) and resized by ``scale_x``/``scale_y``, so for any point::
@@ -38,6 +42,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from cxrkit import io
+from cxrkit.data.store import Store
 from cxrkit.errors import ConfigError, DataError, ImageReadError, MissingFileError
 
 RECIPE_FILE = "recipe.json"
@@ -211,6 +216,7 @@ class Cache:
                 "cache: it rebuilds the index from the finished items"
             ) from None
         self._rows: dict[str, dict[str, Any]] = {row["image_id"]: row for row in rows}
+        self.store: Store | None = Store(self.root) if Store.exists(self.root) else None
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self._rows
@@ -236,7 +242,10 @@ class Cache:
 
     def load(self, image_id: str) -> np.ndarray:
         row = self._row(image_id)
-        return read_png(self.root / row["file"], sha256=row["sha256"])
+        png = self.root / row["file"]
+        if self.store is not None and self.store.has(image_id, png=png, png_sha256=row["sha256"]):
+            return self.store.load(image_id)
+        return read_png(png, sha256=row["sha256"])
 
     def mask_names(self, image_id: str) -> list[str]:
         return list(self._row(image_id)["masks"] or [])

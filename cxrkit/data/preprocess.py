@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from cxrkit.config import PreprocessConfig
-from cxrkit.data import cache
+from cxrkit.data import cache, store
 from cxrkit.data.cache import Geometry
 from cxrkit.data.images import read_image
 from cxrkit.data.records import Record
@@ -501,6 +501,8 @@ def build_cache(
         if outcomes[r.image_id].status in ("done", "skipped")
     ]
     _write_index(out_dir, [info for info in finished if info is not None])
+    if recipe.size <= store.MAX_SIDE:  # training sizes: the loader reads raw shards, not PNGs
+        store.pack(out_dir, rows=[info for info in finished if info is not None])
     errors = [
         ItemError(o.image_id, o.path, _reason(o.error, o.path) if o.error else "unknown error")
         for o in (outcomes[r.image_id] for r in records)

@@ -56,7 +56,8 @@ def test_tiny_run_lowers_the_loss(phantoms, tmp_path):
     )
     views = SeededViews(pairs)
     fixed = [views[(i, 1000 + i)] for i in range(8)]
-    assert fixed[0]["image"][0].shape == (3, 64, 64)  # BYOL recipe: RGB views in [0, 1]
+    view = fixed[0]["image"][0]  # BYOL recipe: grey uint8 views, float on the device
+    assert view.shape == (1, 64, 64) and view.dtype == torch.uint8
     fit(config, dataset=fixed)
     losses = _losses(tmp_path / "run")
     assert sorted(losses) == list(range(8))

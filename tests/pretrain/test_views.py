@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from cxrkit.pretrain.config import ViewsConfig
 from cxrkit.pretrain.sampling import ResumableSampler, SeededViews, view_seed
-from cxrkit.pretrain.transforms import build_view_transform
+from cxrkit.pretrain.transforms import build_view_transform, to_float_views
 
 
 def _image() -> np.ndarray:
@@ -18,14 +19,14 @@ def _image() -> np.ndarray:
     return ((xx * 2 + yy) % 256).astype(np.uint8)  # non-square, asymmetric, uint8 (H, W)
 
 
-def test_byol_views_are_rgb_unnormalised_and_asymmetric():
+def test_byol_views_are_grey_uint8_unnormalised_and_asymmetric():
     transform = build_view_transform(views=ViewsConfig(recipe="byol", size=48))
     view_a, view_b = transform(_image())
-    assert view_a.shape == view_b.shape == (3, 48, 48)
-    for v in (view_a, view_b):
-        assert v.dtype == torch.float32 and v.min() >= 0 and v.max() <= 1  # InputAdapter normalises
-    a = transform.view_a.transform.transforms
-    b = transform.view_b.transform.transforms
+    # uint8 grey on the wire; float in [0, 1] only on the device (InputAdapter normalises)
+    assert view_a.shape == view_b.shape == (1, 48, 48)
+    assert view_a.dtype == view_b.dtype == torch.uint8
+    a = transform.view_a.transforms
+    b = transform.view_b.transforms
     blur = [t for t in a if type(t).__name__ == "GaussianBlur"][0].prob
     blur_b = [t for t in b if type(t).__name__ == "GaussianBlur"][0].prob
     solar_a = [t for t in a if type(t).__name__ == "RandomSolarization"][0].prob
@@ -33,6 +34,47 @@ def test_byol_views_are_rgb_unnormalised_and_asymmetric():
     assert (blur, blur_b, solar_a, solar_b) == (1.0, 0.1, 0.0, 0.2)  # BYOL's asymmetric pair
     flips = [t.p for t in a if type(t).__name__ == "RandomHorizontalFlip"]
     assert flips == [0.5]
+    assert type(a[-1]).__name__ == "PILToTensor"
+
+
+def _seeded(fn, seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    return fn()
+
+
+def test_byol_grey_uint8_views_equal_lightlys_rgb_float_views():
+    # The reference: lightly's BYOL views as shipped (RGB PIL image, ToTensor, float in [0, 1]).
+    # On R = G = B colour jitter cannot tint, so the grey uint8 views / 255 must equal every
+    # channel of the reference exactly, under the same random draws.
+    from lightly.transforms.byol_transform import BYOLView1Transform, BYOLView2Transform
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (90, 70), dtype=np.uint8), (0, 0), 1.5)
+    ours = build_view_transform(views=ViewsConfig(recipe="byol", size=40))
+    kw = dict(input_size=40, min_scale=0.08, hf_prob=0.5, normalize=None)
+    ref_a, ref_b = BYOLView1Transform(**kw), BYOLView2Transform(**kw)
+    rgb = Image.fromarray(image, mode="L").convert("RGB")
+    for seed in range(12):
+        got = to_float_views([v[None] for v in _seeded(lambda: ours(image), seed)])
+        want = _seeded(lambda: [ref_a(rgb), ref_b(rgb)], seed)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == torch.float32 and w.shape == (3, 40, 40)
+            for channel in range(3):
+                assert torch.equal(g[0, 0], w[channel]), (seed, channel)
+
+
+def test_to_float_views_is_lightlys_to_tensor_on_uint8_and_identity_on_float():
+    u8 = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    f = torch.rand(1, 3, 4, 4)
+    got_u8, got_f = to_float_views([u8, f])
+    from lightly.transforms.torchvision_v2_compatibility import ToTensor
+    from PIL import Image
+
+    assert torch.equal(got_u8[0], ToTensor()(Image.fromarray(u8[0, 0].numpy(), mode="L")))
+    assert got_f is f
 
 
 def test_cxr_views_are_grey_without_flips_by_default():
