@@ -41,6 +41,7 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
@@ -178,6 +179,16 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` through :func:`cxrkit.io.atomic_write`: a run killed while
+    saving leaves the previous checkpoint, never a torn one."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        io.atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``precision: auto`` as the machine allows: ``bf16-mixed`` when training runs on a CUDA GPU
     that supports bfloat16 (Ampere and later), else ``32-true``; any other value as given."""
@@ -268,6 +279,10 @@ def build_trainer(
         default_root_dir=str(output_dir),
         logger=loggers,
         callbacks=all_callbacks,
+        # The checkpoint's tensors are cloned where they live and a thread writes the file (1.8 GB
+        # for Barlow Twins with its LARS state), so training goes on meanwhile; Lightning waits for
+        # the write at teardown, also when the run fails.
+        plugins=[AsyncCheckpointIO(_AtomicCheckpointIO())],
     )
 
 
