@@ -145,13 +145,14 @@ class DetectorModule(L.LightningModule):
             params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
         )
         total = int(self.trainer.estimated_stepping_batches)
-        # BarlowTwins-CXR: 500 warm-up iterations from lr x 0.001 (detectron2), then cosine to 0
+        # BarlowTwins-CXR: 500 warm-up iterations from lr x 0.001, then cosine to min_lr (authors'
+        # mmdetection config); lightly's scheduler takes both ends as multipliers of lr
         scheduler = CosineWarmupScheduler(
             optimizer,
             warmup_epochs=min(o.warmup_steps, total),
             max_epochs=total,
             start_value=1.0,
-            end_value=0.0,
+            end_value=o.min_lr / o.lr,
             warmup_start_value=o.warmup_factor,
         )
         return {

@@ -15,7 +15,9 @@ from typing import Any
 from cxrkit.cli.common import add_command
 
 # paper -> module defining register(subparsers), in the order `--help` lists them
-PAPERS: dict[str, str] = {}
+PAPERS: dict[str, str] = {
+    "barlowtwins-cxr": "cxrkit.cli.reproduce.barlowtwins_cxr",
+}
 
 EPILOG = """\
 Each driver prints its plan (stages, time estimate) first, runs the stages in order and writes
