@@ -111,9 +111,10 @@ TINY = Scale(
         "model.score_thresh=0.0",  # untrained detectors score low: keep their boxes for AP
         "optim.warmup_steps=1",
         "trainer.max_epochs=1",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",  # validate once, so a best checkpoint exists
-        "trainer.checkpoint_every_n_steps=2",
+        # one step, no validation (the epoch never ends): the detector is last.ckpt's. Best-epoch
+        # selection is the finetune stage's and tested there; here the chain is what is tested
+        "trainer.max_steps=1",
+        "trainer.checkpoint_every_n_steps=1",
     ),
     linear_overrides=(
         *CPU,
@@ -442,9 +443,10 @@ def _inputs(
                 f"({'the ImageNet arm' if version == 'v1' else 'the start of pretraining'}). "
                 f"Download {IMAGENET_URLS[version]} and pass --{key.replace('_', '-')} PATH"
             )
-        fake = out / "weights" / f"fake_resnet50_imagenet_{version}.pth"
+        # one random-weight file stands in for both versions (writing a ResNet-50 takes seconds)
+        fake = out / "weights" / "fake_resnet50_imagenet.pth"
         if not fake.is_file():
-            _write_fake_weights(fake, seed=1 if version == "v1" else 2)
+            _write_fake_weights(fake, seed=1)
         found[key] = str(fake)
         notes.append(
             f"tiny scale: ImageNet {version.upper()} weights are a random-weight stand-in "
@@ -596,9 +598,7 @@ def _pretrain(
         [folder / "pretrain.yaml"],
         [
             f"output_dir={out}",
-            f"data.manifest={nih['manifest']}",
-            f"data.cache={nih['cache']}",
-            f"data.preprocess.size={nih['size']}",
+            *_data_overrides(nih),
             f"model.weights={inputs['imagenet_v2']}",
             *scale.pretrain_overrides,
         ],
@@ -623,9 +623,7 @@ def _detector(
     weights = {"bt": backbone, "imagenet": inputs["imagenet_v1"], "random": ""}[d.arm]
     overrides = [
         f"output_dir={runs / f'detector_{d.name}'}",
-        f"data.manifest={vindr['manifest']}",
-        f"data.cache={vindr['cache']}",
-        f"data.preprocess.size={d.size}",
+        *_data_overrides(vindr),
         f"trainer.seed={d.seed}",
         *scale.detector_overrides,
     ]
@@ -662,6 +660,15 @@ def _predict(
         )
         paths[name] = str(write_predictions(frame, out / f"{name}_test.csv", kind="detection"))
     return paths
+
+
+def _data_overrides(entry: Mapping[str, Any]) -> list[str]:
+    """The overrides that point a stage's config at one of the ``preprocess`` stage's caches."""
+    return [
+        f"data.manifest={entry['manifest']}",
+        f"data.cache={entry['cache']}",
+        f"data.preprocess.size={entry['size']}",
+    ]
 
 
 def _data_config(entry: Mapping[str, Any]) -> Any:
@@ -854,11 +861,9 @@ def _linear_eval_config(
         [folder / "linear_eval.yaml"],
         [
             f"output_dir={out}",
-            f"data.manifest={nih['manifest']}",
-            f"data.cache={nih['cache']}",
-            f"data.preprocess.size={nih['size']}",
+            *_data_overrides(nih),
             f"init={init}",
-            f"weights={weights}",
+            *([f"weights={weights}"] if weights else []),
             *scale.linear_overrides,
         ],
     )
