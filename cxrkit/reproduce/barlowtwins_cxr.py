@@ -75,6 +75,8 @@ class Scale:
     n_vindr: int = 0
     n_nih: int = 0
     phantom_size: int = 0
+    # NIH split when the folder has no official lists (None: cxrkit's default 0.8 / 0.1 / 0.1)
+    nih_fractions: tuple[float, float, float] | None = None
 
 
 CPU = ("trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true")
@@ -130,8 +132,9 @@ TINY = Scale(
     n_bootstrap=200,
     cam_images=2,
     n_vindr=48,
-    n_nih=24,
+    n_nih=32,
     phantom_size=96,
+    nih_fractions=(0.5, 0.1, 0.4),  # a test split large enough for an AUROC on some finding
 )
 SCALES = {"paper": PAPER, "tiny": TINY}
 
@@ -295,7 +298,7 @@ def run(
 
     pipeline.stage(
         "prepare",
-        lambda: _prepare(inputs, data, split_from=files, seed=0),
+        lambda: _prepare(inputs, data, split_from=files, seed=0, scale=sizes),
         settings={"inputs": {k: inputs[k] for k in ("nih", "vindr")}, "split_from": files},
     )
     pipeline.stage(
@@ -431,6 +434,7 @@ def _inputs(
             raise ConfigError(f"{NAME} --scale paper needs {how}")
         else:
             found[key] = ""  # synthesised in the prepare stage
+    stand_ins: list[str] = []
     for key, given in (("imagenet_v1", imagenet_v1), ("imagenet_v2", imagenet_v2)):
         version = key[-2:]
         if given is not None and Path(given).is_file():
@@ -448,10 +452,12 @@ def _inputs(
         if not fake.is_file():
             _write_fake_weights(fake, seed=1)
         found[key] = str(fake)
+        stand_ins.append(version.upper())
+    if stand_ins:
         notes.append(
-            f"tiny scale: ImageNet {version.upper()} weights are a random-weight stand-in "
-            f"({fake.name}, written by the driver); the 'ImageNet' rows measure nothing about "
-            "ImageNet"
+            f"tiny scale: the ImageNet {' and '.join(stand_ins)} weights are a random-weight "
+            "stand-in written by the driver (weights/fake_resnet50_imagenet.pth); the 'ImageNet' "
+            "rows (and the start of pretraining) measure nothing about ImageNet"
         )
     return found
 
@@ -472,7 +478,12 @@ def _write_fake_weights(path: Path, *, seed: int) -> None:
 
 
 def _prepare(
-    inputs: Mapping[str, str], data: Path, *, split_from: Mapping[str, str], seed: int
+    inputs: Mapping[str, str],
+    data: Path,
+    *,
+    split_from: Mapping[str, str],
+    seed: int,
+    scale: Scale,
 ) -> dict[str, Any]:
     from collections import Counter
 
@@ -498,7 +509,15 @@ def _prepare(
     else:
         records = splits.assign_splits(records, fractions=PAPER_FRACTIONS, seed=seed)
     vindr_manifest = write_manifest(records, data / "vindr_abnormal.parquet", warnings=warnings)
-    nih = prepare_nih(root=nih_root, seed=seed)
+    nih = prepare_nih(
+        root=nih_root,
+        seed=seed,
+        **(
+            {"fractions": dict(zip(("train", "val", "test"), scale.nih_fractions, strict=True))}
+            if scale.nih_fractions
+            else {}
+        ),
+    )
     nih_manifest = write_manifest(nih.records, data / "nih.parquet", warnings=nih.warnings)
     counts = Counter(r.split for r in records)
     return {
