@@ -123,6 +123,9 @@ class DetectorModule(L.LightningModule):
         # identical on every rank (same gathered predictions), so no further reduction
         self.log(MONITOR, _value(mean["map50"]), prog_bar=True, sync_dist=False)
         self.log("val/voc_mAP40", _value(mean["voc_map"]), sync_dist=False)
+        kaggle = _value(result["kaggle"]["map"])  # NaN when there is no class with a box
+        if not math.isnan(kaggle):
+            self.log("val/kaggle_mAP40", kaggle, sync_dist=False)
         for name, entry in result["per_class"].items():
             ap = _value(entry["ap50"])
             if not math.isnan(ap):
