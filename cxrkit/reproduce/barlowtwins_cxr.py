@@ -130,7 +130,7 @@ TINY = Scale(
     ),
     cam_overrides=("score_thresh=0.0", "top_k=1", "ablation_ratio=0.01", "batch_size=16"),
     n_bootstrap=200,
-    cam_images=2,
+    cam_images=1,
     n_vindr=48,
     n_nih=32,
     phantom_size=96,

@@ -85,3 +85,48 @@ def test_paper_scale_needs_data_and_weights(tmp_path) -> None:
     vindr.mkdir()
     with pytest.raises(MissingFileError, match="resnet50-0676ba61.pth and pass --imagenet-v1"):
         driver.run(out_dir=tmp_path / "b", nih=nih, vindr=vindr, log=lambda _: None)
+
+
+def _result(map50: float, kaggle: float, ap_a: float) -> dict:
+    def est(v):
+        return {"value": v, "ci": None, "n_undefined": 0}
+
+    return {
+        "mean": {"map50": est(map50), "voc_map": est(kaggle)},
+        "kaggle": {"map": est(kaggle)},
+        "views": {"map50": {"AP": est(map50), "PA": est(map50 - 0.1)}, "counts": {"AP": 1}},
+        "per_class": {"A": {"ap50": est(ap_a), "n_gt": 3}},
+        "counts": {"n_images": 5, "n_gt_boxes": 3},
+    }
+
+
+def test_aggregate_means_intervals_and_the_paired_difference() -> None:
+    import numpy as np
+
+    grid = [driver.Detector(arm, 224, seed) for arm in driver.ARMS for seed in range(3)]
+    values = {"bt": [0.50, 0.54, 0.52], "imagenet": [0.40, 0.44, 0.42], "random": [0.1, 0.2, 0.3]}
+    per, reps = {}, {}
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 0.02, size=400)  # the same resample moves every model alike
+    for d in grid:
+        v = values[d.arm][d.seed]
+        per[d.name] = _result(v, v, v)
+        reps[d.name] = {
+            k: v + shared + rng.normal(0, 0.001, size=400)
+            for k in ("map50", "kaggle_map", "voc_map", "map50_AP", "map50_PA")
+        }
+    out = driver.aggregate(grid, per=per, reps=reps, classes=["A"])
+    bt = out["arms"][0]
+    assert bt["map50"]["value"] == pytest.approx(0.52)
+    # Student t, 2 degrees of freedom: 4.303 x sd 0.02 / sqrt(3)
+    half = 4.302653 * 0.02 / math.sqrt(3)
+    assert bt["map50"]["seed_ci"] == pytest.approx([0.52 - half, 0.52 + half], rel=1e-5)
+    low, high = bt["map50"]["bootstrap_ci"]
+    assert low < 0.52 < high and high - low == pytest.approx(4 * 0.02, rel=0.15)
+    (diff,) = out["differences"]
+    assert diff["map50"]["value"] == pytest.approx(0.10)
+    # paired: the shared resample noise cancels, so the interval is narrow and excludes 0
+    d_low, d_high = diff["map50"]["bootstrap_ci"]
+    assert 0.09 < d_low < 0.10 < d_high < 0.11
+    assert diff["map50"]["p_value"] == pytest.approx(2 / 401)
+    assert bt["per_class"]["A"] == pytest.approx(0.52)
