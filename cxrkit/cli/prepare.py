@@ -185,6 +185,19 @@ def register(subparsers: Any) -> None:
         default="auto",
         help="file layout (default: detected from the files in --root)",
     )
+    vindr.add_argument(
+        "--abnormal-only",
+        action="store_true",
+        help="keep only images with at least one box (BarlowTwins-CXR's detector data)",
+    )
+    vindr.add_argument(
+        "--split-from",
+        action="append",
+        default=[],
+        metavar="SPLIT=FILE",
+        help="put the images a COCO JSON or id-list FILE names into SPLIT (repeatable); the rest "
+        "is split by patient with --split-fractions among the splits without a file",
+    )
     vindr.set_defaults(func=prepare_vindr)
 
     det = add("chestxdet", "ChestX-Det (ChestX_Det_{train,test}.json)", CHESTXDET_EPILOG)
@@ -292,8 +305,15 @@ def prepare_nih(args: argparse.Namespace) -> int:
 
 def prepare_vindr(args: argparse.Namespace) -> int:
     """``cxrkit prepare vindr``."""
+    from cxrkit.data.splits import parse_split_from
+
     prepared = sources.prepare_vindr(
-        root=args.root, layout=args.layout, fractions=args.split_fractions, **_run_options(args)
+        root=args.root,
+        layout=args.layout,
+        fractions=args.split_fractions,
+        abnormal_only=args.abnormal_only,
+        split_from=parse_split_from(args.split_from),
+        **_run_options(args),
     )
     return finish(prepared, args)
 

@@ -237,3 +237,149 @@ def patients_in_several_splits(records: Iterable[Record]) -> list[str]:
         if r.split != "unassigned":
             seen[str(r.patient_id)].add(r.split)
     return sorted(p for p, splits in seen.items() if len(splits) > 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# imported split lists (a COCO JSON or an id list per split)
+
+
+def read_split_file(path: str | Path) -> list[str]:
+    """The image ids a split file names, in file order, without duplicates.
+
+    Two kinds of file:
+
+    - a COCO JSON (``{"images": [{"file_name": ..., "id": ...}, ...]}``, e.g. the authors' files
+      of BarlowTwins-CXR, ``preprocessing/test_annotations.json``): each image's id is its
+      ``file_name`` without folders and extension (COCO's own ``id`` is usually a running number);
+    - any other text file: one id per line (``#`` lines and blank lines skipped); a CSV line keeps
+      its first field; a file name ``abc.png`` or ``train/abc.dicom`` stands for ``abc``.
+
+    Raises:
+        MissingFileError: no such file. DataError: a JSON file that is not COCO, or no id at all.
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: split file not found")
+    text = path.read_text(encoding="utf-8-sig")
+    ids: list[str] = []
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc})") from exc
+        images = data.get("images") if isinstance(data, dict) else None
+        if not isinstance(images, list):
+            raise DataError(f"{path}: not a COCO file (no 'images' list)")
+        for k, image in enumerate(images):
+            name = image.get("file_name") if isinstance(image, dict) else None
+            if not isinstance(name, str) or not name.strip():
+                raise DataError(f"{path}: images[{k}] has no file_name")
+            ids.append(_image_key(name))
+    else:
+        for line in text.splitlines():
+            field_ = line.split(",")[0].strip()
+            if field_ and not field_.startswith("#"):
+                ids.append(_image_key(field_))
+    if not ids:
+        raise DataError(f"{path}: names no image")
+    return list(dict.fromkeys(ids))
+
+
+def _image_key(name: str) -> str:
+    stem = Path(name.replace("\\", "/")).name
+    suffix = Path(stem).suffix.lower()
+    return stem[: -len(suffix)] if suffix in (".png", ".jpg", ".jpeg", ".dicom", ".dcm") else stem
+
+
+def parse_split_from(entries: Sequence[str]) -> dict[str, Path]:
+    """``["val=valid.json", "test=test.txt"]`` (the ``--split-from`` option) -> split -> file.
+
+    Raises:
+        ConfigError: an entry not of the form ``SPLIT=FILE``, an unknown split, a split twice.
+    """
+    allowed = [s for s in SPLITS if s != "unassigned"]
+    out: dict[str, Path] = {}
+    for entry in entries:
+        split, sep, file = entry.partition("=")
+        split = split.strip()
+        if not sep or not file.strip():
+            raise ConfigError(f"--split-from {entry!r}: expected SPLIT=FILE, e.g. test=test.json")
+        if split not in allowed:
+            raise ConfigError(f"--split-from {entry!r}: unknown split {split!r} (use {allowed})")
+        if split in out:
+            raise ConfigError(f"--split-from names the {split} split twice")
+        out[split] = Path(file.strip())
+    return out
+
+
+def splits_from_files(
+    records: Sequence[Record],
+    files: Mapping[str, str | Path],
+    *,
+    fractions: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> tuple[list[Record], list[str]]:
+    """Assign the splits that ``files`` name, and split the other records by patient.
+
+    Each file (:func:`read_split_file`) puts the records it names into its split. The records no
+    file names are then split by patient (:func:`assign_splits`) among the splits that got no file,
+    with ``fractions`` (default 0.8 / 0.1 / 0.1) renormalised over those; when every split got a
+    file, they stay ``unassigned``. So ``{"val": ..., "test": ...}`` is the authors' split of
+    BarlowTwins-CXR with everything else in train.
+
+    Returns:
+        The records and warnings (ids of a file that are not in ``records``, patients the files
+        put in two splits) for the user.
+
+    Raises:
+        DataError: an id in two files, or a file none of whose ids is in ``records``.
+    """
+    fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
+    _check_fractions(fractions)
+    known = {r.image_id for r in records}
+    split_of: dict[str, str] = {}
+    warnings: list[str] = []
+    for split, file in files.items():
+        ids = read_split_file(file)
+        found = [i for i in ids if i in known]
+        if not found:
+            raise DataError(
+                f"{file}: none of its {len(ids)} image ids is in the manifest (first: {ids[0]!r});"
+                " is it a split file of this dataset?"
+            )
+        if len(found) < len(ids):
+            missing = [i for i in ids if i not in known]
+            warnings.append(
+                f"{file}: {len(missing)} of {len(ids)} ids are not in the manifest "
+                f"(first: {missing[0]!r})"
+            )
+        clash = sorted(i for i in found if i in split_of)
+        if clash:
+            raise DataError(
+                f"{file}: {len(clash)} images are already in the {split_of[clash[0]]} split of "
+                f"another file (first: {clash[0]!r})"
+            )
+        split_of.update(dict.fromkeys(found, split))
+    named = [
+        dataclasses.replace(r, split=split_of[r.image_id])
+        for r in records
+        if r.image_id in split_of
+    ]
+    rest = [r for r in records if r.image_id not in split_of]
+    left = {s: f for s, f in fractions.items() if s not in files and f > 0}
+    if rest and left:
+        total = sum(left.values())
+        rest = assign_splits(rest, fractions={s: f / total for s, f in left.items()}, seed=seed)
+    else:
+        rest = [dataclasses.replace(r, split="unassigned") for r in rest]
+    out_split = {r.image_id: r.split for r in (*named, *rest)}
+    out = [dataclasses.replace(r, split=out_split[r.image_id]) for r in records]
+    leaked = patients_in_several_splits(out)
+    if leaked:
+        warnings.append(
+            f"{len(leaked)} patients have images in more than one split after the split files "
+            f"(first: {leaked[0]})"
+        )
+    return out, warnings

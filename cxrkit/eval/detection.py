@@ -11,6 +11,13 @@ An image without any prediction row had no detection.
   score; a detection is a true positive when its best-overlapping box of the same class and image
   has IoU > 0.4 and was not taken by a higher-scored detection (PASCAL VOC devkit rule);
   all-point interpolated AP; mean over classes with ground truth.
+- **Kaggle leaderboard mAP@0.4** (VinBigData as Kaggle scored it): the VOC metric over 15 classes,
+  "No finding" being the 15th. Every image without a ground-truth box carries one true "No
+  finding" object, the box (0, 0, 1, 1) (Kaggle's ``14 1 0 0 1 1``); a submission says "no finding"
+  with a prediction of that class (a ``No finding`` row; its box as given, Kaggle's ``0 0 1 1``).
+  A detector's predictions have no such rows; then each image gets one derived "No finding"
+  prediction at (0, 0, 1, 1) scoring 1 - its highest detection score (1 without detections), and
+  the settings say so. Reported beside the 14-class ``voc_map``: both are named.
 - **FROC** (ChestX-Det10 protocol): all classes pooled; a lesion is found by a same-class detection
   with IoU >= ``froc_iou``; sensitivity at 0.05, 0.1, 0.2, 0.5, 1 and 2 false positives per image,
   and their average.
@@ -37,6 +44,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from cxrkit.data.records import Box, Record
+from cxrkit.data.vocab import VINDR_NO_FINDING
 from cxrkit.errors import ConfigError, DataError
 from cxrkit.eval import bootstrap
 from cxrkit.eval.classification import records_by_id
@@ -48,6 +56,9 @@ FROC_RATES = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # false positives per image, Chest
 COCO_RECALLS = np.linspace(0.0, 1.0, 101)  # pycocotools' recall thresholds
 MAX_CURVE_POINTS = 400
 GAP_VIEWS = ("AP", "PA")
+NO_FINDING = VINDR_NO_FINDING  # the Kaggle metric's 15th class (class id 14)
+NO_FINDING_BOX = (0.0, 0.0, 1.0, 1.0)  # Kaggle's "14 1 0 0 1 1": the box of a "No finding" object
+BOOTSTRAP_UNITS = ("patient", "image")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -416,6 +427,8 @@ def evaluate(
     level: float = 0.95,
     allow_missing: bool = False,
     curves: bool = True,
+    bootstrap_unit: str = "patient",
+    replicates: bool = False,
 ) -> dict[str, object]:
     """Score detection predictions against the manifest's boxes.
 
@@ -434,19 +447,43 @@ def evaluate(
         n_bootstrap, seed, level: patient bootstrap (0: off).
         allow_missing: tolerate and report unknown ids/classes, NaN scores and invalid boxes.
         curves: include precision-recall and FROC points for plots.
+        bootstrap_unit: ``patient`` (default: a patient's images resampled together) or
+            ``image`` (each image alone, e.g. a paired test between models over test images).
+        replicates: also return the bootstrap replicates of the mean metrics (``replicates``:
+            ``map50``, ``voc_map``, ``kaggle_map``, ``map50_AP``, ``map50_PA``, each a list of
+            ``n_bootstrap`` numbers). Two calls on the same records with the same ``seed``,
+            ``n_bootstrap`` and unit draw the same resamples, so their replicates are paired.
 
     Returns:
         A JSON-able dict: ``kind``, ``settings``, ``counts``, ``classes``, ``per_class``, ``mean``
-        (``map50``, ``map50_95``, ``voc_map``, ``froc``, ``froc_average``), ``views``,
+        (``map50``, ``map50_95``, ``voc_map``: 14-class VOC mAP@0.4, ``froc``, ``froc_average``),
+        ``kaggle`` (``map``: the 15-class leaderboard metric, ``no_finding_ap``,
+        ``no_finding_predictions``: predicted or derived), ``views``,
         ``issues`` and ``curves``; every metric as ``{"value", "ci", "n_undefined"}``.
     """
     bootstrap.check_settings(n_bootstrap=n_bootstrap, level=level)
+    if bootstrap_unit not in BOOTSTRAP_UNITS:
+        raise ConfigError(
+            f"bootstrap_unit must be one of {BOOTSTRAP_UNITS}, got {bootstrap_unit!r}"
+        )
     ious = [float(t) for t in iou_thresholds]
     if not any(abs(t - 0.5) < 1e-9 for t in ious):
         raise ConfigError(f"iou_thresholds {ious} must include 0.5 (AP@0.5 is always reported)")
     if max_dets < 1:
         raise ConfigError(f"max_dets must be >= 1, got {max_dets}")
     t50 = next(i for i, t in enumerate(ious) if abs(t - 0.5) < 1e-9)
+    if classes is not None and NO_FINDING in classes:
+        raise ConfigError(
+            f"classes must not include {NO_FINDING!r}: it is the Kaggle metric's own class, "
+            "scored from 'No finding' predictions or derived from the detections"
+        )
+    said_no_finding = (
+        predictions["finding"].astype(str) == NO_FINDING
+        if "finding" in predictions.columns
+        else np.zeros(len(predictions), dtype=bool)
+    )
+    no_finding_rows = predictions[said_no_finding]
+    predictions = predictions[~said_no_finding]
     df, ordered, classes, gt, issues = _prepare(
         predictions,
         records,
@@ -499,6 +536,14 @@ def evaluate(
         voc_iou=voc_iou,
         froc_iou=froc_iou,
     )
+    kaggle_ranked, kaggle_source = _no_finding_ranked(
+        no_finding_rows,
+        dt,
+        image_index=image_index,
+        has_box=n_gt_img.sum(axis=0) > 0,
+        voc_iou=voc_iou,
+        allow_missing=allow_missing,
+    )
     voc_ranked = []
     for k in range(n_classes):
         rows = np.flatnonzero(labels == k)
@@ -519,7 +564,9 @@ def evaluate(
         voc = np.column_stack([voc_ap(*r.cumulative(weights, 0)) for r in voc_ranked])
         tp, fp, n_gt = froc_ranked.cumulative(weights, 0)
         froc = froc_sensitivities(tp, fp, n_gt, weights.sum(axis=1), froc_rates)
-        out = {"ap50": ap50, "voc": voc, "froc": froc}
+        no_finding = voc_ap(*kaggle_ranked.cumulative(weights, 0))
+        kaggle = _nanmean(np.column_stack([voc, no_finding]))
+        out = {"ap50": ap50, "voc": voc, "froc": froc, "nf": no_finding, "kaggle": kaggle}
         for v in GAP_VIEWS:
             out[f"ap50_{v}"] = np.column_stack(
                 [coco_ap(*r.cumulative(weights * view_masks[v], t50)) for r in coco]
@@ -532,7 +579,11 @@ def evaluate(
         blocks = [
             statistics(w)
             for w in bootstrap.iter_patient_weights(
-                groups=[r.patient_id for r in ordered], n_bootstrap=n_bootstrap, seed=seed
+                groups=[
+                    r.patient_id if bootstrap_unit == "patient" else r.image_id for r in ordered
+                ],
+                n_bootstrap=n_bootstrap,
+                seed=seed,
             )
         ]
         reps = {key: np.concatenate([blk[key] for blk in blocks]) for key in blocks[0]}
@@ -575,6 +626,13 @@ def evaluate(
         ),
         "classes_included": [c for c, ok in zip(classes, has_gt, strict=True) if ok],
     }
+    kaggle_section = {
+        "map": est(point["kaggle"][0], None if reps is None else reps["kaggle"]),
+        "no_finding_ap": est(point["nf"][0], None if reps is None else reps["nf"]),
+        "n_no_finding_images": int((kaggle_ranked.n_gt > 0).sum()),
+        "no_finding_predictions": kaggle_source,
+        "classes": [*classes, NO_FINDING],
+    }
     view_maps = {v: _nanmean_value(point[f"ap50_{v}"][0, compared]) for v in GAP_VIEWS}
     gap_reps = None
     view_reps: dict[str, np.ndarray | None] = {v: None for v in GAP_VIEWS}
@@ -614,7 +672,20 @@ def evaluate(
                 "fppi": fppi.round(5).tolist(),
                 "sensitivity": sens.round(5).tolist(),
             }
-    return {
+    kept: dict[str, list[float]] = {}
+    if replicates and reps is not None:
+        kept = {
+            "map50": _nanmean(reps["ap50"][:, has_gt]).tolist(),
+            "voc_map": _nanmean(reps["voc"][:, has_gt]).tolist(),
+            "kaggle_map": reps["kaggle"].tolist(),
+        }
+        for v in GAP_VIEWS:
+            kept[f"map50_{v}"] = (
+                _nanmean(reps[f"ap50_{v}"][:, compared]).tolist()
+                if compared.any()
+                else [math.nan] * n_bootstrap
+            )
+    out = {
         "kind": "detection",
         "settings": {
             "iou_thresholds": ious,
@@ -626,7 +697,8 @@ def evaluate(
             "n_bootstrap": n_bootstrap,
             "seed": seed,
             "level": level,
-            "bootstrap_unit": "patient",
+            "bootstrap_unit": bootstrap_unit,
+            "kaggle_no_finding": kaggle_source,
         },
         "counts": {
             "n_images": n_images,
@@ -639,10 +711,65 @@ def evaluate(
         "classes": classes,
         "per_class": per_class,
         "mean": mean,
+        "kaggle": kaggle_section,
         "views": view_section,
         "issues": issues.to_dict(),
         "curves": result_curves,
     }
+    if replicates:
+        out["replicates"] = kept
+    return out
+
+
+def _no_finding_ranked(
+    rows: pd.DataFrame,
+    dt: pd.DataFrame,
+    *,
+    image_index: dict[str, int],
+    has_box: np.ndarray,
+    voc_iou: float,
+    allow_missing: bool,
+) -> tuple[Ranked, str]:
+    """The Kaggle metric's "No finding" class: its predictions ranked and matched.
+
+    Args:
+        rows: the predictions' ``No finding`` rows (any box; Kaggle's is 0 0 1 1); none: derived.
+        dt: the other detections with integer ``image`` columns.
+        image_index: image id -> index; rows of other images are left out.
+        has_box: ``(n_images,)`` whether an image has a ground-truth box (else one "No finding"
+            object at :data:`NO_FINDING_BOX`).
+
+    Returns:
+        The ranked matches and how the predictions came about (``predicted`` / ``derived``).
+    """
+    n_images = len(has_box)
+    if len(rows):
+        rows, _ = validate_predictions(
+            rows, kind="detection", allow_missing=allow_missing, source="predictions"
+        )
+        rows = rows[rows["image_id"].isin(image_index)]
+        image = rows["image_id"].map(image_index).to_numpy(dtype=int)
+        score = rows["score"].to_numpy(dtype=np.float64)
+        boxes = rows[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64)
+        source = "predicted"
+    else:
+        # one per image: "nothing found" is as likely as the best detection is unlikely
+        best = np.zeros(n_images)
+        np.maximum.at(best, dt["image"].to_numpy(dtype=int), dt["score"].to_numpy(np.float64))
+        image, score = np.arange(n_images), 1.0 - best
+        boxes = np.tile(np.asarray(NO_FINDING_BOX), (n_images, 1))
+        source = "derived"
+    truth = np.asarray([NO_FINDING_BOX])
+    hit = np.zeros(len(image), dtype=bool)
+    for i in np.unique(image):
+        if not has_box[i]:
+            rows_i = np.flatnonzero(image == i)
+            hit[rows_i] = match_voc(
+                boxes[rows_i], score[rows_i], truth, iou_thr=voc_iou, strict=True
+            )
+    order = np.argsort(image, kind="stable")  # image order, like the other classes
+    n_gt = (~has_box).astype(np.float64)
+    return _rank(image[order], score[order], hit[order][None, :], n_gt), source
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:

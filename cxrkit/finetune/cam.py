@@ -17,6 +17,7 @@ import contextlib
 import math
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -40,6 +41,27 @@ METHODS = ("ablation", "gradcam", "eigencam")
 DEFAULT_LAYER = "backbone.body.layer3"  # BarlowTwins-CXR: res4 in detectron2's names
 INDEX_FILE = "cams.csv"
 INDEX_COLUMNS = ("image_id", "rank", "finding", "score", "x1", "y1", "x2", "y2", "file")
+
+
+@dataclass
+class CamConfig:
+    """The settings of :func:`explain` as a protocol file states them
+    (``configs/barlowtwins_cxr/cam.yaml``; ``explain(..., **dataclasses.asdict(cfg))``)."""
+
+    method: str = "ablation"
+    target_layer: str = DEFAULT_LAYER
+    score_thresh: float = 0.3  # boxes scoring below get no CAM
+    top_k: int = 3  # CAMs per image, best boxes first
+    ablation_ratio: float = 1.0  # fraction of the layer's channels Ablation-CAM ablates
+    batch_size: int = 32  # ablated copies per forward pass
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not 0 <= self.score_thresh <= 1 or self.top_k < 1 or self.batch_size < 1:
+            raise ValueError("score_thresh must be in [0, 1], top_k and batch_size >= 1")
+        if not 0 < self.ablation_ratio <= 1:
+            raise ValueError(f"ablation_ratio must be in (0, 1], got {self.ablation_ratio}")
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:

@@ -46,7 +46,11 @@ class ModelConfig:
     score_thresh: float = 0.05  # detections below are dropped (ROI heads; validation and predict)
     nms_thresh: float = 0.5  # per-class NMS of the ROI heads
     detections_per_img: int = 100
-    rpn_proposals_train: int = 2000  # per image, before and after the RPN's NMS
+    # region proposals in training: per FPN level before the RPN's NMS, per image after it.
+    # BarlowTwins-CXR authors' mmdetection config: 2000 before, 1000 after (torchvision's and
+    # detectron2's default: 2000 after). None before: the same number as after.
+    rpn_pre_nms_train: int | None = 2000
+    rpn_proposals_train: int = 1000
     rpn_proposals_test: int = 1000  # fewer make inference and CAMs faster
     roi_batch_size: int = 512  # proposals sampled per image for the box head (detectron2)
 
@@ -67,10 +71,10 @@ class ModelConfig:
             self.rpn_proposals_test,
             self.roi_batch_size,
         )
-        if min(counts) < 1:
+        if min(counts) < 1 or (self.rpn_pre_nms_train is not None and self.rpn_pre_nms_train < 1):
             raise ValueError(
-                "model.detections_per_img, rpn_proposals_train, rpn_proposals_test and "
-                "roi_batch_size must be >= 1"
+                "model.detections_per_img, rpn_proposals_train, rpn_pre_nms_train, "
+                "rpn_proposals_test and roi_batch_size must be >= 1"
             )
 
     def resolved(self) -> ModelConfig:
@@ -139,10 +143,17 @@ class OptimConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 500  # iterations (optimizer steps)
     warmup_factor: float = 0.001  # lr multiplier at the first step, as detectron2's WARMUP_FACTOR
+    # the cosine's floor: the lr at the last step. BarlowTwins-CXR authors' code
+    # (mmdetection/Mytrain/config_vindr_resnet50_*.py: CosineAnnealing min_lr=0.0001, lr x 0.02)
+    min_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ValueError("optim.lr must be > 0; momentum, weight_decay, warmup_steps >= 0")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(
+                f"optim.min_lr must be in [0, optim.lr = {self.lr}], got {self.min_lr}"
+            )
 
 
 def _default_data() -> DataConfig:

@@ -53,6 +53,7 @@ def build_detector(
     rpn_proposals_train: int = 2000,
     rpn_proposals_test: int = 1000,
     roi_batch_size: int = 512,
+    rpn_pre_nms_train: int | None = None,
 ) -> FasterRCNN:
     """Build a Faster R-CNN R50-FPN for ``num_classes`` findings.
 
@@ -71,8 +72,10 @@ def build_detector(
         score_thresh: detections scoring below are dropped at inference.
         nms_thresh: IoU of the per-class NMS at inference.
         detections_per_img: at most this many detections per image.
-        rpn_proposals_train: region proposals kept per image (before and after the RPN's NMS) in
-            training; torchvision's and detectron2's default 2000.
+        rpn_proposals_train: region proposals kept per image after the RPN's NMS in training;
+            torchvision's and detectron2's default 2000 (mmdetection's 1000).
+        rpn_pre_nms_train: proposals per FPN level kept before the RPN's NMS in training; None
+            (default): ``rpn_proposals_train``.
         rpn_proposals_test: the same at inference (default 1000). The box head runs once per
             proposal, so on a CPU or for CAMs (many forward passes) fewer make it much faster.
         roi_batch_size: proposals sampled per image to train the box head (detectron2: 512).
@@ -91,10 +94,13 @@ def build_detector(
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     if image_size < 32:
         raise ConfigError(f"image_size must be at least 32 pixels, got {image_size}")
-    if min(rpn_proposals_train, rpn_proposals_test, roi_batch_size, detections_per_img) < 1:
+    if rpn_pre_nms_train is None:
+        rpn_pre_nms_train = rpn_proposals_train
+    counts = (rpn_proposals_train, rpn_pre_nms_train, rpn_proposals_test, roi_batch_size)
+    if min(*counts, detections_per_img) < 1:
         raise ConfigError(
-            "rpn_proposals_train, rpn_proposals_test, roi_batch_size and detections_per_img "
-            "must be >= 1"
+            "rpn_proposals_train, rpn_pre_nms_train, rpn_proposals_test, roi_batch_size and "
+            "detections_per_img must be >= 1"
         )
     if len(anchor_sizes) != 5:
         raise ConfigError(
@@ -129,7 +135,7 @@ def build_detector(
         box_score_thresh=score_thresh,
         box_nms_thresh=nms_thresh,
         box_detections_per_img=detections_per_img,
-        rpn_pre_nms_top_n_train=rpn_proposals_train,
+        rpn_pre_nms_top_n_train=rpn_pre_nms_train,
         rpn_post_nms_top_n_train=rpn_proposals_train,
         rpn_pre_nms_top_n_test=rpn_proposals_test,
         rpn_post_nms_top_n_test=rpn_proposals_test,
@@ -170,6 +176,7 @@ def from_config(config: FinetuneConfig, *, read_weights: bool = True) -> dict[st
         "nms_thresh": m.nms_thresh,
         "detections_per_img": m.detections_per_img,
         "rpn_proposals_train": m.rpn_proposals_train,
+        "rpn_pre_nms_train": m.rpn_pre_nms_train,
         "rpn_proposals_test": m.rpn_proposals_test,
         "roi_batch_size": m.roi_batch_size,
     }

@@ -123,6 +123,9 @@ class DetectorModule(L.LightningModule):
         # identical on every rank (same gathered predictions), so no further reduction
         self.log(MONITOR, _value(mean["map50"]), prog_bar=True, sync_dist=False)
         self.log("val/voc_mAP40", _value(mean["voc_map"]), sync_dist=False)
+        kaggle = _value(result["kaggle"]["map"])  # NaN when there is no class with a box
+        if not math.isnan(kaggle):
+            self.log("val/kaggle_mAP40", kaggle, sync_dist=False)
         for name, entry in result["per_class"].items():
             ap = _value(entry["ap50"])
             if not math.isnan(ap):
@@ -145,13 +148,14 @@ class DetectorModule(L.LightningModule):
             params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
         )
         total = int(self.trainer.estimated_stepping_batches)
-        # BarlowTwins-CXR: 500 warm-up iterations from lr x 0.001 (detectron2), then cosine to 0
+        # BarlowTwins-CXR: 500 warm-up iterations from lr x 0.001, then cosine to min_lr (authors'
+        # mmdetection config); lightly's scheduler takes both ends as multipliers of lr
         scheduler = CosineWarmupScheduler(
             optimizer,
             warmup_epochs=min(o.warmup_steps, total),
             max_epochs=total,
             start_value=1.0,
-            end_value=0.0,
+            end_value=o.min_lr / o.lr,
             warmup_start_value=o.warmup_factor,
         )
         return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +205,74 @@ def test_real_nih_sample_patients_stay_together(shared_data):
     assert splits.patients_in_several_splits(out) == []
     counts = Counter(r.split for r in out)
     assert counts["train"] > counts["val"] > 0 and counts["test"] > 0
+
+
+# imported split files ------------------------------------------------------------------------
+
+
+def test_read_split_file_coco_and_lists(tmp_path):
+    coco = tmp_path / "test.json"
+    coco.write_text(
+        '{"images": [{"id": 0, "file_name": "abc.jpeg"}, {"id": 1, "file_name": "d/ef.png"},'
+        ' {"id": 2, "file_name": "abc.jpeg"}], "annotations": []}'
+    )
+    assert splits.read_split_file(coco) == ["abc", "ef"]
+    listing = tmp_path / "ids.csv"
+    listing.write_text("# header comment\nabc.dicom,PA\n\n  xyz  \nabc\n")
+    assert splits.read_split_file(listing) == ["abc", "xyz"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"annotations": []}')
+    with pytest.raises(DataError, match="not a COCO file"):
+        splits.read_split_file(bad)
+
+
+def test_parse_split_from():
+    assert splits.parse_split_from(["val=a.json", "test = b.txt"]) == {
+        "val": Path("a.json"),
+        "test": Path("b.txt"),
+    }
+    for entries, message in (
+        (["a.json"], "SPLIT=FILE"),
+        (["holdout=a.json"], "unknown split"),
+        (["val=a", "val=b"], "twice"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            splits.parse_split_from(entries)
+
+
+def test_files_set_their_splits_and_the_rest_is_split_by_patient(tmp_path):
+    records = _population(60)
+    ids = [r.image_id for r in records]
+    (tmp_path / "test.txt").write_text("\n".join(ids[:10]))
+    out, warnings = splits.splits_from_files(
+        records,
+        {"test": tmp_path / "test.txt"},
+        fractions={"train": 0.7, "val": 0.15, "test": 0.15},
+        seed=0,
+    )
+    by_id = {r.image_id: r.split for r in out}
+    assert {by_id[i] for i in ids[:10]} == {"test"}
+    rest = Counter(by_id[i] for i in ids[10:])
+    assert set(rest) == {"train", "val"}  # the test share went to the file
+    # train : val = 0.7 : 0.15 of the rest, as close as whole patients allow
+    assert abs(rest["val"] / (len(ids) - 10) - 0.15 / 0.85) < 0.08
+    # the population's patients have several images: the file split some of them
+    assert warnings == [] or "more than one split" in warnings[0]
+
+
+def test_every_split_from_a_file_leaves_the_rest_unassigned(tmp_path):
+    records = [_rec(f"i{k}", f"P{k}") for k in range(4)]
+    for split, names in (("train", "i0"), ("val", "i1"), ("test", "i2\nmissing")):
+        (tmp_path / f"{split}.txt").write_text(names)
+    out, warnings = splits.splits_from_files(
+        records, {s: tmp_path / f"{s}.txt" for s in ("train", "val", "test")}
+    )
+    assert [r.split for r in out] == ["train", "val", "test", "unassigned"]
+    assert warnings == [
+        f"{tmp_path / 'test.txt'}: 1 of 2 ids are not in the manifest (first: 'missing')"
+    ]
+    (tmp_path / "again.txt").write_text("i0")
+    with pytest.raises(DataError, match="already in the train split"):
+        splits.splits_from_files(
+            records, {"train": tmp_path / "train.txt", "test": tmp_path / "again.txt"}
+        )

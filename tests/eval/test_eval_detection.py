@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 from cxrkit.data.fusion import fuse_boxes
 from cxrkit.data.records import Box
-from cxrkit.errors import DataError
+from cxrkit.errors import ConfigError, DataError
 from cxrkit.eval import detection
 from cxrkit.eval.ground_truth import ground_truth_boxes
 
@@ -367,3 +367,29 @@ def test_chestx_det_ground_truth_as_predictions_scores_one(shared_data, record):
     reference = np.mean([p[:, k][p[:, k] > -1].mean() for k in range(p.shape[1])])
     result = detection.evaluate(shifted, records, iou_thresholds=(0.5, 0.75))
     assert result["mean"]["map50"]["value"] == pytest.approx(reference, abs=1e-12)
+
+
+def test_image_bootstrap_replicates_are_paired_between_models(record):
+    records = [
+        record(f"i{k}", patient=f"p{k // 2}", boxes=[box("A", 0, 0, 10, 10)] if k % 3 else [])
+        for k in range(8)
+    ]
+    good = boxes_df([(f"i{k}", "A", 0.9, 0, 0, 10, 10) for k in range(8) if k % 3])
+    worse = pd.concat([good, boxes_df([("i0", "A", 0.95, 0, 0, 10, 10)])])  # a false positive
+
+    def reps(preds, unit):
+        result = detection.evaluate(
+            preds, records, iou_thresholds=(0.5,), n_bootstrap=40, seed=3,
+            bootstrap_unit=unit, replicates=True,
+        )  # fmt: skip
+        assert result["settings"]["bootstrap_unit"] == unit
+        return {k: np.asarray(v) for k, v in result["replicates"].items()}
+
+    a, b = reps(good, "image"), reps(worse, "image")
+    assert len(a["map50"]) == 40 and np.allclose(a["map50"], 1.0)  # every resample: all hits
+    # paired: on each resample the false positive can only lower the worse model's AP
+    assert np.all(b["map50"] <= a["map50"] + 1e-12) and np.any(b["map50"] < a["map50"])
+    by_patient = reps(worse, "patient")["map50"]
+    assert not np.array_equal(by_patient, b["map50"])  # patients (pairs of images) drawn instead
+    with pytest.raises(ConfigError, match="bootstrap_unit"):
+        detection.evaluate(good, records, bootstrap_unit="reader")

@@ -100,7 +100,7 @@ def test_finetune_cli_trains_predicts_and_draws_cams(
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     logged = {key for row in rows for key in row}
     assert {f"train/{name}" for name in LOSSES} <= logged
-    assert {"val/mAP50", "val/voc_mAP40"} <= logged
+    assert {"val/mAP50", "val/voc_mAP40", "val/kaggle_mAP40"} <= logged
     assert (out / "checkpoints" / "best.ckpt").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 

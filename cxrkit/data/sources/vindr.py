@@ -37,7 +37,7 @@ Record contract:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,7 @@ from cxrkit.data.sources.common import (
     read_csv,
     read_many,
     rows_of,
+    split_fractions,
 )
 from cxrkit.data.vocab import (
     VINDR,
@@ -190,17 +191,46 @@ def prepare_vindr(
     val_fraction: float = 0.1,
     seed: int = 0,
     on_error: str = "fail",
+    abnormal_only: bool = False,
+    split_from: Mapping[str, str | Path] | None = None,
 ) -> Prepared:
     """VinDr-CXR as split records (``cxrkit prepare vindr``): PhysioNet's train/test kept with
     ``val_fraction`` of the train patients moved to val; Kaggle's images split by patient with
     ``fractions``. Other arguments: :func:`load_vindr`; ``on_error``: ``"fail"`` or ``"skip"``.
+
+    Args:
+        abnormal_only: keep only images with at least one reader's box (BarlowTwins-CXR trained
+            and tested on the 4,394 such images of Kaggle's train set), before splitting.
+        split_from: split -> a COCO JSON or id-list file whose images go to that split
+            (:func:`cxrkit.data.splits.splits_from_files`); the other images are split by patient
+            with ``fractions`` among the splits without a file. Replaces the official split.
     """
+    from cxrkit.data import splits
+
     issues = Issues(on_error=on_error)
     records, official = load_vindr(root=root, layout=layout, issues=issues)
-    records = assign_unless_official(
-        records, official=official, fractions=fractions, val_fraction=val_fraction, seed=seed
-    )
-    return Prepared(records=records, issues=issues)
+    warnings: list[str] = []
+    if abnormal_only:
+        kept = abnormal_records(records)
+        warnings.append(
+            f"abnormal only: kept {len(kept)} of {len(records)} images (those with a box)"
+        )
+        records = kept
+    if split_from:
+        records, found = splits.splits_from_files(
+            records, split_from, fractions=split_fractions(fractions), seed=seed
+        )
+        warnings += found
+    else:
+        records = assign_unless_official(
+            records, official=official, fractions=fractions, val_fraction=val_fraction, seed=seed
+        )
+    return Prepared(records=records, issues=issues, warnings=warnings)
+
+
+def abnormal_records(records: Sequence[Record]) -> list[Record]:
+    """The records with at least one box (any reader): VinDr's "abnormal" images."""
+    return [r for r in records if r.boxes]
 
 
 def _reader_of(row: dict[str, str]) -> str:

@@ -5,6 +5,7 @@ not redistributable, so it is not used here."""
 from __future__ import annotations
 
 import csv
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -381,3 +382,47 @@ def test_help_shows_worked_example(capsys):
         cli.main(["prepare", "vindr", "--help"])
     text = capsys.readouterr().out
     assert "cxrkit prepare vindr --root" in text and "ANY reader" in text
+
+
+@pytest.fixture
+def kaggle_six(tmp_path) -> Path:
+    """Kaggle layout with four abnormal images (a1..a4) and two normal ones (n1, n2)."""
+    root = tmp_path / "vinbigdata6"
+    rows = []
+    for name in ("a1", "a2", "a3", "a4", "n1", "n2"):
+        write_dicom(root / "train" / f"{name}.dicom", rows=64, columns=64, view="PA")
+        if name.startswith("a"):
+            rows.append([name, "Nodule/Mass", 8, "R11", 5, 5, 15, 15])
+        else:
+            rows.append([name, "No finding", 14, "R11", "", "", "", ""])
+    write_csv(root / "train.csv", KAGGLE_HEADER, rows)
+    return root
+
+
+def test_abnormal_only_with_the_authors_coco_split_files(kaggle_six, tmp_path, prepare):
+    # the authors' files (BarlowTwins-CXR preprocessing/*_annotations.json) are COCO with
+    # file_name "<image_id>.jpeg"; one of them names an image this copy does not have
+    coco = {"images": [{"id": 0, "file_name": "a2.jpeg"}, {"id": 1, "file_name": "gone.jpeg"}]}
+    val = tmp_path / "valid_annotations.json"
+    val.write_text(json.dumps(coco))
+    test = tmp_path / "test_ids.txt"
+    test.write_text("# image ids\na3.png\n")
+    out = tmp_path / "abnormal.parquet"
+    code, stdout, err = prepare(
+        "vindr", "--root", kaggle_six, "--out", out, "--abnormal-only",
+        "--split-from", f"val={val}", "--split-from", f"test={test}",
+    )  # fmt: skip
+    assert code == 0, err
+    split = {r.image_id: r.split for r in read_manifest(out)}
+    assert split == {"a1": "train", "a2": "val", "a3": "test", "a4": "train"}
+    assert "1 of 2 ids are not in the manifest" in stdout
+
+
+def test_split_from_a_file_of_another_dataset_fails(kaggle_six, tmp_path, prepare):
+    wrong = tmp_path / "other.txt"
+    wrong.write_text("x1\nx2\n")
+    code, _, err = prepare(
+        "vindr", "--root", kaggle_six, "--out", tmp_path / "o.parquet",
+        "--split-from", f"test={wrong}",
+    )  # fmt: skip
+    assert code != 0 and "none of its 2 image ids is in the manifest" in err
