@@ -16,12 +16,10 @@ from cxrkit.cli.common import add_command
 
 # paper -> module defining register(subparsers), in the order `--help` lists them
 PAPERS: dict[str, str] = {
-PAPERS: dict[str, str] = {
     "barlowtwins-cxr": "cxrkit.cli.reproduce.barlowtwins_cxr",
     "scxnn": "cxrkit.cli.reproduce.scxnn",
     "kcr": "cxrkit.cli.reproduce.kcr",
     "guendel": "cxrkit.cli.reproduce.guendel",
-}
 }
 
 EPILOG = """\
