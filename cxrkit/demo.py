@@ -313,6 +313,7 @@ def _finetune(
             # small images: anchors a quarter of the defaults, fewer proposals for a CPU
             "model.anchor_sizes=[8, 16, 32, 64, 128]",
             f"model.rpn_proposals_train={plan.proposals}",
+            f"model.rpn_pre_nms_train={plan.proposals}",
             f"model.rpn_proposals_test={plan.proposals // 2}",
             "model.roi_batch_size=64",
             "model.score_thresh=0.01",  # low-scoring boxes too: AP sees more of the PR curve

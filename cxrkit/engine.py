@@ -489,6 +489,11 @@ def prepare_run(
     return run
 
 
+SCHEDULE_KEYS = ("trainer.max_steps", "trainer.max_epochs", "data.batch_size", "optim.")
+"""What a warm-up + cosine schedule built from the run's length is built from (pretrain and
+finetune): the length in steps (steps, epochs, batch) and the ``optim`` section's values."""
+
+
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(node, Mapping):
         return {prefix[:-1]: node}

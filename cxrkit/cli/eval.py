@@ -297,6 +297,9 @@ def run_detection(args: argparse.Namespace) -> int:
     summary = [
         f"mAP@0.5 {report.fmt_estimate(mean['map50'])}",
         f"VOC mAP@{args.voc_iou:g} {report.fmt_estimate(mean['voc_map'])}",
+        f"Kaggle mAP@{args.voc_iou:g} (15 classes, 'No finding' one of them) "
+        f"{report.fmt_estimate(result['kaggle']['map'])}",
+        f"ground truth: {result['settings']['gt_reader']}",
     ]
     return _finish(_with_read_issues(result, read_issues), args, summary)
 

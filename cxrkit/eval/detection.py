@@ -48,7 +48,7 @@ from cxrkit.data.vocab import VINDR_NO_FINDING
 from cxrkit.errors import ConfigError, DataError
 from cxrkit.eval import bootstrap
 from cxrkit.eval.classification import records_by_id
-from cxrkit.eval.ground_truth import ground_truth_boxes
+from cxrkit.eval.ground_truth import ground_truth_boxes, resolve_gt_reader
 from cxrkit.eval.predictions import Issues, match_ids, report_or_raise, validate_predictions
 
 COCO_IOUS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
@@ -420,7 +420,7 @@ def evaluate(
     froc_iou: float = 0.5,
     froc_rates: Sequence[float] = FROC_RATES,
     max_dets: int = 100,
-    gt_reader: str = "all",
+    gt_reader: str = "auto",
     fusion_iou: float = 0.5,
     n_bootstrap: int = 0,
     seed: int = 0,
@@ -484,6 +484,8 @@ def evaluate(
     )
     no_finding_rows = predictions[said_no_finding]
     predictions = predictions[~said_no_finding]
+    # the report names the ground truth used: "auto" is recorded as what it resolved to
+    gt_reader = resolve_gt_reader(records, gt_reader)
     df, ordered, classes, gt, issues = _prepare(
         predictions,
         records,

@@ -325,6 +325,15 @@ def _comparison_md(comparison: Mapping[str, object]) -> list[str]:
     return lines + _table(["Finding", "n", "AUROC A", "AUROC B", "Difference (CI)", "p"], rows)
 
 
+def _ground_truth_words(gt_reader: str) -> str:
+    """What ``settings.gt_reader`` means, in the report's words."""
+    if gt_reader == "fused":
+        return "ground truth: the readers' boxes fused by weighted boxes fusion"
+    if gt_reader == "all":
+        return "ground truth: every reader's boxes as given"
+    return f"ground truth: reader {gt_reader}'s boxes only"
+
+
 def _detection_md(result: Mapping[str, object]) -> list[str]:
     counts, settings = result["counts"], result["settings"]
     lines = [
@@ -332,7 +341,7 @@ def _detection_md(result: Mapping[str, object]) -> list[str]:
         "",
         f"Images: {counts['n_images']} ({counts['n_images_without_gt']} without any box, "
         f"{counts['n_images_without_predictions']} without any detection); ground-truth boxes: "
-        f"{counts['n_gt_boxes']} (readers: {settings['gt_reader']}); detections: "
+        f"{counts['n_gt_boxes']} ({_ground_truth_words(settings['gt_reader'])}); detections: "
         f"{counts['n_predictions']}.",
         _bootstrap_line(settings),
         "Classes without a ground-truth box have no AP (n/a) and are left out of the means.",

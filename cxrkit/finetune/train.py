@@ -72,7 +72,11 @@ def fit(config: FinetuneConfig, *, resume: str | Path | bool = "auto") -> engine
     config = dataclasses.replace(config, model=config.model.resolved())
     data = config.data
     run = engine.prepare_run(
-        config, resume=resume, data=data, splits=(data.train_split, data.val_split)
+        config,
+        resume=resume,
+        data=data,
+        splits=(data.train_split, data.val_split),
+        schedule_keys=engine.SCHEDULE_KEYS,
     )
     cache = run.cache
     assert cache is not None, "prepare_run opens the cache when given data"

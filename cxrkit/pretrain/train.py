@@ -23,10 +23,6 @@ from cxrkit.pretrain.data import ALL_SPLITS, PretrainData, view_pairs
 from cxrkit.pretrain.handoff import BACKBONE_FILE, DETECTRON2_FILE, export_backbone
 from cxrkit.pretrain.module import BarlowTwins
 
-# What the warm-up + cosine schedule is built from (its length in steps and its values): a resume
-# with any of them changed would continue the old schedule (engine.check_schedule_unchanged).
-SCHEDULE_KEYS = ("trainer.max_steps", "trainer.max_epochs", "data.batch_size", "optim.")
-
 
 def build_module(config: PretrainConfig, *, resuming: bool = False) -> BarlowTwins:
     """The LightningModule of ``config`` (the one place its fields meet the module's arguments).
@@ -68,7 +64,7 @@ def fit(
     """
     # The data are read after the module is built, not by prepare_run: a missing or wrong weights
     # file then fails in a second, before the manifest is read and a cache built.
-    run = engine.prepare_run(config, resume=resume, schedule_keys=SCHEDULE_KEYS)
+    run = engine.prepare_run(config, resume=resume, schedule_keys=engine.SCHEDULE_KEYS)
     module = build_module(config, resuming=run.resuming)
     if dataset is None:
         split = config.data.train_split

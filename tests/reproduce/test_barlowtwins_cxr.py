@@ -50,8 +50,13 @@ def test_tiny_chain_writes_three_arms_over_two_seeds_with_intervals(tiny_run: Pa
     assert sorted(r["arm"] for r in detector) == ["bt", "imagenet", "random"]
     assert all(r["n_seeds"] == "2" and r["per_seed"].count(";") == 1 for r in detector)
     linear = report["linear_eval"]
-    assert set(linear) == {"cxrkit-bt", "cxrkit-imagenet", "cxrkit-random"}
+    assert set(linear) == {f"{p}-{a}" for p in ("cxrkit", "authors") for a in driver.ARMS}
     assert all(set(v["auroc"]) == {"0.5", "1"} for v in linear.values())
+    # the authors' protocol says how leaky it is; cxrkit's has no such count
+    leak = linear["authors-bt"]["leakage"]["1"]
+    assert 0 <= leak["patient_in_train"] <= leak["test_images"] > 0
+    assert "leakage" not in linear["cxrkit-bt"]
+    assert "Protocol: **authors**" in table and "Leakage of this protocol" in table
     assert Path(report["cams"]["panel"]).is_file()
 
 

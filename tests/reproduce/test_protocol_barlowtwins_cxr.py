@@ -127,3 +127,22 @@ def test_linear_eval_and_cam_protocol() -> None:
         },
     )
     check(cxrkit.load_config(CamConfig, [FOLDER / "cam.yaml"]), CAM)
+    authors = cxrkit.load_config(
+        pretrain.LinearEvalConfig,
+        [FOLDER / "linear_eval.yaml", FOLDER / "linear_eval_authors.yaml"],
+    )
+    # barlowtwins/evaluate.py: lr 0.5 unscaled, wd 1e-6, momentum 0.9, batch 64, 30 epochs, the
+    # 15 classes of dataset.py
+    check(
+        authors,
+        {
+            "protocol": "authors",
+            "lr": 0.5,
+            "weight_decay": 1e-6,
+            "momentum": 0.9,
+            "data.batch_size": 64,
+            "trainer.max_epochs": 30,
+            "label_fractions": [0.01, 0.1, 1.0],
+        },
+    )
+    assert len(authors.findings) == 15 and authors.findings[-1] == "No Finding"
