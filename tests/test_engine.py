@@ -286,7 +286,11 @@ def test_inference_device_and_loader():
 def test_lightning_banners_are_dropped_and_the_stop_reason_kept(tmp_path, caplog):
     import logging
 
-    with caplog.at_level(logging.INFO):
+    # another test (the demo) may have raised Lightning's loggers to WARNING: set them here
+    with (
+        caplog.at_level(logging.INFO, logger="lightning.pytorch"),
+        caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"),
+    ):
         _run(tmp_path / "run", max_steps=2)
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "available: " in m or m.startswith("💡")], messages

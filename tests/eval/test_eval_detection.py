@@ -291,8 +291,13 @@ def test_ground_truth_reader_selection(record):
     readers = [box("A", 10, 10, 50, 50, "R1"), box("A", 12, 12, 50, 50, "R2")]
     records = [record("i1", boxes=readers), record("i2")]
     preds = boxes_df([("i1", "A", 0.9, 11, 11, 50, 50)])
-    everyone = detection.evaluate(preds, records, iou_thresholds=(0.5,))
+    everyone = detection.evaluate(preds, records, iou_thresholds=(0.5,), gt_reader="all")
     fused = detection.evaluate(preds, records, iou_thresholds=(0.5,), gt_reader="fused")
+    # the default, auto, is the readers' consensus here (two readers on one image), and the
+    # settings name what was used
+    default = detection.evaluate(preds, records, iou_thresholds=(0.5,))
+    assert default["settings"]["gt_reader"] == "fused"
+    assert default["counts"]["n_gt_boxes"] == 1
     one = detection.evaluate(preds, records, iou_thresholds=(0.5,), gt_reader="R2")
     # two readers' copies of one lesion: one detection finds half of "all", all of "fused"
     assert everyone["counts"]["n_gt_boxes"] == 2 and fused["counts"]["n_gt_boxes"] == 1
