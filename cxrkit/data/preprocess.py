@@ -203,8 +203,13 @@ def apply_recipe(
         raise DataError(f"expected a non-empty 2-D image, got shape {image.shape}")
     height, width = image.shape
     if isinstance(image, GreyLevels):
-        if not np.isfinite(image.values[image.counts() > 0]).all():
+        present = image.counts() > 0
+        finite = np.isfinite(image.values)
+        if not finite[present].all():
             raise DataError("image contains NaN or infinite values")
+        if not finite.all():  # only levels no pixel has: give them a harmless value
+            values = np.where(finite, image.values, image.values[present][0])
+            image = GreyLevels(levels=image.levels, values=values, _counts=image.counts())
         out = _stretch_levels(image, recipe)
     else:
         x = np.asarray(image, dtype=np.float32)
