@@ -161,7 +161,43 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
     return _header(_read_dataset(path, stop_before_pixels=True))
 
 
+_NATIVE_LITTLE_ENDIAN = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
+
+
+def _native_first_frame(ds: Dataset) -> np.ndarray | None:
+    """The first frame of uncompressed little-endian greyscale 8/16-bit data, read in place from
+    the PixelData bytes (what pydicom's decoder returns for it, without its per-file set-up and
+    copy), or None for anything else: pydicom decodes those.
+
+    Unused high bits are masked off, as pydicom does; signed data with unused high bits (which
+    need sign extension) are left to pydicom.
+    """
+    try:
+        if _transfer_syntax(ds) not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+            return None
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        signed = int(ds.PixelRepresentation) == 1
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or allocated not in (8, 16):
+            return None
+        if not 0 < stored <= allocated or (signed and stored != allocated):
+            return None
+    except (AttributeError, TypeError, ValueError):  # a missing or odd tag: pydicom decides
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    data = ds.PixelData
+    if rows <= 0 or columns <= 0 or len(data) < rows * columns * dtype.itemsize:
+        return None
+    frame = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    if stored < allocated:
+        frame = np.bitwise_and(frame, dtype.type((1 << stored) - 1))
+    return frame
+
+
 def _decode_first_frame(ds: Dataset, path: Path) -> np.ndarray:
+    native = _native_first_frame(ds)
+    if native is not None:
+        return native
     uid = _transfer_syntax(ds)
     if uid:
         name = UID(uid).name

@@ -132,3 +132,46 @@ def test_raster_levels_are_the_decoded_pixels(tmp_path: Path) -> None:
         image, meta_full = read_image(tmp_path / "x.png")
         np.testing.assert_array_equal(image, pixels.astype(np.float32))
         assert meta == meta_full
+
+
+NATIVE = {
+    "uint16 16 bits": (rng.integers(0, 65536, (6, 7)).astype(np.uint16), 16, 0),
+    "uint16 12 bits, garbage high bits": (rng.integers(0, 65536, (6, 7)).astype(np.uint16), 12, 0),
+    "int16 16 bits": (rng.integers(-32768, 32768, (6, 7)).astype(np.int16), 16, 1),
+    "int16 12 bits (pydicom sign-extends)": (rng.integers(-2048, 2048, (6, 7)).astype(np.int16),
+                                              12, 1),
+    "uint8": (rng.integers(0, 256, (5, 9)).astype(np.uint8), 8, 0),
+    "uint8 7 bits": (rng.integers(0, 256, (5, 9)).astype(np.uint8), 7, 0),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(NATIVE))
+def test_native_pixels_equal_pydicoms_decoder(tmp_path: Path, name: str) -> None:
+    from pydicom.pixels import pixel_array
+
+    from cxrkit.data import dicom
+
+    pixels, bits_stored, representation = NATIVE[name]
+    path = write(
+        tmp_path / "n.dcm", np.zeros(pixels.shape, pixels.dtype), photometric="MONOCHROME2"
+    )
+    ds = pydicom.dcmread(path)
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, representation
+    ds.PixelData = pixels.tobytes()  # raw bits, unused high bits included
+    ds.save_as(path, enforce_file_format=True)
+    ds = pydicom.dcmread(path)
+    expected = pixel_array(ds, index=0)
+    got = dicom._decode_first_frame(ds, path)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    fast = dicom._native_first_frame(ds)
+    assert (fast is None) == (representation == 1 and bits_stored < 8 * pixels.itemsize)
+
+
+def test_multiframe_native_gives_the_first_frame(tmp_path: Path) -> None:
+    from cxrkit.data import dicom
+
+    frames = np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5)
+    path = write(tmp_path / "cine.dcm", frames, photometric="MONOCHROME2")
+    ds = pydicom.dcmread(path)
+    np.testing.assert_array_equal(dicom._native_first_frame(ds), frames[0])
