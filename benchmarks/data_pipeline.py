@@ -140,7 +140,10 @@ def _lean_levels(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(levels uint8/uint16, float32 display value per level): the file's pixels as a table."""
     if path.endswith(".dcm"):
         ds = pydicom.dcmread(path)
-        stored = ds.pixel_array  # unsigned 8/16-bit here: the stored values are the levels
+        # This benchmark's DICOMs are uncompressed unsigned 16-bit with every bit stored: the
+        # pixels are the PixelData bytes, and the stored values are the levels.
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        stored = np.frombuffer(ds.PixelData, "<u2", count=rows * columns).reshape(rows, columns)
         domain = np.arange(int(stored.max()) + 1).astype(stored.dtype)
         values = apply_modality_lut(domain, ds)
         if "WindowCenter" in ds or "VOILUTSequence" in ds:
