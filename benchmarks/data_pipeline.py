@@ -1,26 +1,34 @@
-"""Throughput of the data pipeline: ``build_cache`` against a naive single-process loop.
+"""Throughput of ``cxrkit preprocess`` (``build_cache``) against two named peers, interleaved.
 
-Each measurement is one function returning :class:`Row`s; ``main()`` prints them as one table.
-Inputs are generated in a temporary folder (synthetic 1024 px 8-bit PNGs and 2048 px 16-bit
-uncompressed MONOCHROME2 DICOMs), plus the real NIH PNGs when ``../shared/data`` is present.
-The baseline is what a first script usually does: read with PIL (pydicom for DICOM), min-max with
-numpy, resize with PIL, save a PNG with PIL, one image at a time. It does less work than the full
-recipe (no percentile clip, no padding, no CLAHE, no sidecar or hash); the "baseline's steps" row
-runs build_cache with clipping and CLAHE off, so that ratio compares equal work.
+Peers, on the same images in the same run (A B A B, ``--pairs`` rounds, medians, per core):
 
-    python benchmarks/data_pipeline.py                  # defaults: --n 64 --size 224
-    python benchmarks/data_pipeline.py --n 256 --workers 8 --size 512
+* **lean**: a hand-written OpenCV/numpy implementation of the IDENTICAL recipe (percentile clip
+  from the grey-level histogram, min-max by lookup table, pad, CLAHE, area resize, PNG encode and
+  write), with none of cxrkit's bookkeeping (no sidecar, hash, index, resume, checks). It is the
+  physical anchor on a CPU: the recipe cannot cost less than decode + histogram + CLAHE + resize +
+  encode. The benchmark checks that its pixels equal ours, image by image.
+* **naive**: the loop a first script writes: PIL (pydicom for DICOM) open, grey, min-max, resize,
+  save, one image at a time. Less work than the recipe (no clip, pad or CLAHE).
+
+Inputs (made in a temporary folder): 1024 px 8-bit PNGs, the real NIH PNGs when ``../shared/data``
+is present, and 2048 px 16-bit DICOMs with and without a VOI window; all cached at ``--size``.
+Ours runs with 1 and 2 workers (``--workers``); the 1 -> 2 figure is the ratio of whole rates.
+OpenCV runs one thread in every contender, so "per core" means per process.
+
+    python benchmarks/data_pipeline.py                         # 32 PNGs, 8 DICOMs, 256 px, 5 rounds
+    python benchmarks/data_pipeline.py --n 117 --pairs 7 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -28,30 +36,21 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+try:
+    from benchmarks._interleave import Contender, Result, interleave
+except ImportError:  # run as a script: benchmarks/ is on sys.path, the repository may not be
+    from _interleave import Contender, Result, interleave
+
 from cxrkit.config import PreprocessConfig
+from cxrkit.data import cache
 from cxrkit.data.preprocess import build_cache
 from cxrkit.data.records import Record
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CXRKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the results table."""
-
-    measurement: str
-    images: int
-    images_per_second: float
-    baseline_per_second: float | None = None  # the naive loop on the same images, same run
-
-    @property
-    def ratio(self) -> float | None:
-        if not self.baseline_per_second:
-            return None
-        return self.images_per_second / self.baseline_per_second
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -60,7 +59,7 @@ class Row:
 def _phantom(side: int, *, seed: int, peak: float) -> np.ndarray:
     """A smooth random field plus noise: compresses like a radiograph, not like a flat image."""
     rng = np.random.default_rng(seed)
-    low = rng.uniform(0.2, 1.0, (side // 64, side // 64)).astype(np.float32)
+    low = rng.uniform(0.2, 1.0, (max(2, side // 64),) * 2).astype(np.float32)
     field = cv2.resize(low, (side, side), interpolation=cv2.INTER_CUBIC)
     field += rng.normal(0, 0.02, (side, side)).astype(np.float32)
     return np.clip(field, 0, 1) * peak
@@ -76,7 +75,8 @@ def make_pngs(folder: Path, n: int, *, side: int = 1024) -> list[Record]:
     return records
 
 
-def make_dicoms(folder: Path, n: int, *, side: int = 2048) -> list[Record]:
+def make_dicoms(folder: Path, n: int, *, side: int = 2048, window: bool) -> list[Record]:
+    """16-bit MONOCHROME2 uncompressed DICOMs; ``window`` adds a VOI window to the header."""
     folder.mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(n):
@@ -89,6 +89,8 @@ def make_dicoms(folder: Path, n: int, *, side: int = 2048) -> list[Record]:
         ds.set_pixel_data(
             _phantom(side, seed=1000 + i, peak=65535).astype(np.uint16), "MONOCHROME2", 16
         )
+        if window:
+            ds.WindowCenter, ds.WindowWidth = 30000, 40000
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         path = folder / f"dcm{i:04d}.dcm"
@@ -97,9 +99,9 @@ def make_dicoms(folder: Path, n: int, *, side: int = 2048) -> list[Record]:
     return records
 
 
-def nih_records() -> list[Record]:
+def nih_records(limit: int | None = None) -> list[Record]:
     folder = SHARED_DATA / "nih" / "images"
-    paths = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    paths = sorted(folder.glob("*.png"))[:limit] if folder.is_dir() else []
     records = []
     for path in paths:
         with Image.open(path) as im:
@@ -115,13 +117,12 @@ def _record(image_id: str, path: Path, width: int, height: int) -> Record:
     )  # fmt: skip
 
 
-# --- the two contenders --------------------------------------------------------------------------
+# --- the peers -----------------------------------------------------------------------------------
 
 
-def naive_loop(records: Sequence[Record], *, out_dir: Path, size: int) -> float:
-    """Images/s of the one-at-a-time baseline (see the module docstring)."""
+def naive_loop(records: Sequence[Record], *, out_dir: Path, size: int) -> None:
+    """The one-at-a-time baseline (see the module docstring)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     for record in records:
         if record.path.endswith(".dcm"):
             pixels = pydicom.dcmread(record.path).pixel_array.astype(np.float32)
@@ -134,95 +135,211 @@ def naive_loop(records: Sequence[Record], *, out_dir: Path, size: int) -> float:
         Image.fromarray(scaled).resize((size, size), Image.BILINEAR).save(
             out_dir / f"{record.image_id}.png"
         )
-    return len(records) / (time.perf_counter() - start)
 
 
-def cache_rate(
-    records: Sequence[Record], *, out_dir: Path, recipe: PreprocessConfig, workers: int
-) -> float:
-    """Images/s of ``build_cache`` (recipe, sidecars, hashes, index) into an empty directory."""
-    summary = build_cache(
-        records=records,
-        out_dir=out_dir,
-        recipe=recipe,
-        workers=workers,
-        on_error="fail",
-        progress=False,
-    )
-    return summary.images_per_second
-
-
-# --- measurements --------------------------------------------------------------------------------
-
-
-def bench_preprocess(
-    *, tmp: Path, n: int, workers: int, size: int, log: Callable[[str], None]
-) -> list[Row]:
-    """build_cache vs the naive loop on synthetic PNGs, real NIH PNGs and synthetic DICOMs."""
-    full = PreprocessConfig(size=size)
-    # The baseline's own steps (min-max, resize): what the cache writer costs on equal work.
-    same_steps = PreprocessConfig(size=size, clip_percentiles=False, clahe=False)
-    pngs = make_pngs(tmp / "png", n)
-    inputs = [
-        (f"1024px 8-bit PNG -> {size}px, full recipe", lambda: pngs, full),
-        (f"1024px 8-bit PNG -> {size}px, baseline's steps", lambda: pngs, same_steps),
-        ("NIH ChestX-ray14 PNG, full recipe", nih_records, full),
-        (
-            f"2048px 16-bit DICOM -> {size}px, full recipe",
-            lambda: make_dicoms(tmp / "dicom", max(1, n // 2)),
-            full,
-        ),
-    ]
-    # Warm-up: the first pool in a process starts the forkserver (imports cv2, pydicom, pyarrow)
-    # and the first index write imports pandas; a real run pays that once, so keep it out of rates.
-    cache_rate(pngs[:2], out_dir=tmp / "warmup", recipe=full, workers=workers)
-    rows = []
-    for label, make, recipe in inputs:
-        log(f"{label}: preparing inputs")
-        records = make()
-        if not records:
-            log(f"{label}: no inputs (no {SHARED_DATA}), skipped")
-            continue
-        key = str(len(rows))
-        log(f"{label}: naive loop on {len(records)} images")
-        baseline = naive_loop(records, out_dir=tmp / f"naive{key}", size=size)
-        log(f"{label}: build_cache with {workers} workers")
-        rate = cache_rate(records, out_dir=tmp / f"cache{key}", recipe=recipe, workers=workers)
-        rows.append(Row(label, len(records), rate, baseline))
-    return rows
-
-
-# --- report --------------------------------------------------------------------------------------
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    header = f"{'measurement':<46} {'images':>6} {'images/s':>9} {'baseline/s':>10} {'ratio':>6}"
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        baseline = f"{row.baseline_per_second:10.1f}" if row.baseline_per_second else f"{'-':>10}"
-        ratio = f"{row.ratio:5.2f}x" if row.ratio else f"{'-':>6}"
-        lines.append(
-            f"{row.measurement:<46} {row.images:>6} {row.images_per_second:9.1f} {baseline} {ratio}"
+def _lean_levels(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(levels uint8/uint16, float32 display value per level): the file's pixels as a table."""
+    if path.endswith(".dcm"):
+        ds = pydicom.dcmread(path)
+        # This benchmark's DICOMs are uncompressed unsigned 16-bit with every bit stored: the
+        # pixels are the PixelData bytes, and the stored values are the levels.
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        stored = np.frombuffer(ds.PixelData, "<u2", count=rows * columns).reshape(rows, columns)
+        domain = np.arange(int(stored.max()) + 1).astype(stored.dtype)
+        values = apply_modality_lut(domain, ds)
+        if "WindowCenter" in ds or "VOILUTSequence" in ds:
+            values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+        return stored, np.asarray(values, dtype=np.float32)
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image.ndim == 3:  # the NIH RGBA quirk
+        image = cv2.cvtColor(
+            image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
         )
-    return "\n".join(lines)
+    return image, np.arange(256 if image.dtype == np.uint8 else 65536, dtype=np.float32)
+
+
+def _lean_percentile(values: np.ndarray, counts: np.ndarray, p: float) -> float:
+    """The recipe's percentile (numpy's "linear" method) from per-level values and counts."""
+    present = counts > 0
+    order = np.argsort(values[present], kind="stable")
+    v, cumulative = values[present][order], np.cumsum(counts[present][order])
+    n = int(cumulative[-1])
+    rank = p / 100.0 * (n - 1)
+    k = int(rank)
+    a = v[np.searchsorted(cumulative, k, side="right")]
+    b = v[np.searchsorted(cumulative, min(k + 1, n - 1), side="right")]
+    t = rank - k
+    if float(v[-1]) - float(v[0]) < 1 << 20 and np.array_equal(np.trunc(v), v):
+        return float(a) + t * (float(b) - float(a))  # integer levels: the histogram formula
+    d = np.float64(b - a)  # numpy's _lerp, float32 difference, float64 weight
+    return float(np.float64(b) - d * (1 - t)) if t >= 0.5 else float(np.float64(a) + d * t)
+
+
+def lean_item(path: str, out: Path, recipe: PreprocessConfig) -> None:
+    """The recipe on one file, hand-written with OpenCV and numpy, written as ``out`` (PNG)."""
+    levels, values = _lean_levels(path)
+    counts = cv2.calcHist([levels], [0], None, [len(values)], [0, len(values)]).ravel()
+    low = _lean_percentile(values, counts, recipe.clip_low)
+    high = _lean_percentile(values, counts, recipe.clip_high)
+    x = np.clip(values, low, high)
+    lo, hi = float(x[counts > 0].min()), float(x[counts > 0].max())
+    table = np.rint((x - np.float32(lo)) * np.float32(255.0 / (hi - lo)))
+    table = np.clip(table, 0, 255).astype(np.uint8)
+    image = cv2.LUT(levels, table) if levels.dtype == np.uint8 else table[levels]
+    h, w = image.shape
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    image = cv2.copyMakeBorder(
+        image, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0
+    )
+    grid = (recipe.clahe_tile_grid, recipe.clahe_tile_grid)
+    image = cv2.createCLAHE(clipLimit=recipe.clahe_clip_limit, tileGridSize=grid).apply(image)
+    image = cv2.resize(image, (recipe.size, recipe.size), interpolation=cv2.INTER_AREA)
+    out.write_bytes(cv2.imencode(".png", image)[1].tobytes())
+
+
+def lean_loop(
+    records: Sequence[Record], *, out_dir: Path, recipe: PreprocessConfig, processes: int = 1
+) -> None:
+    """The lean recipe on every record; ``processes > 1`` maps it over a fresh process pool (one
+    OpenCV thread each), which shows how far this machine lets two processes scale right now."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(record.path, out_dir / f"{record.image_id}.png", recipe) for record in records]
+    if processes <= 1:
+        for job in jobs:
+            lean_item(*job)
+        return
+    # fork: the children need this module's functions, which a script's __main__ cannot ship.
+    context = multiprocessing.get_context("fork")
+    with context.Pool(processes, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+        pool.starmap(lean_item, jobs, chunksize=4)
+
+
+def ours(records: Sequence[Record], *, out_dir: Path, recipe: PreprocessConfig, workers: int):
+    build_cache(
+        records=records, out_dir=out_dir, recipe=recipe, workers=workers, on_error="fail",
+        progress=False,
+    )  # fmt: skip
+
+
+def check_identical(records: Sequence[Record], *, ours_dir: Path, lean_dir: Path) -> int:
+    """Number of images whose cached pixels differ between ours and the lean peer."""
+    differ = 0
+    for record in records:
+        a = cv2.imread(str(cache.image_path(ours_dir, record.image_id)), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(lean_dir / f"{record.image_id}.png"), cv2.IMREAD_UNCHANGED)
+        differ += not np.array_equal(a, b)
+    return differ
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+def bench_set(
+    records: Sequence[Record],
+    *,
+    tmp: Path,
+    size: int,
+    workers: Sequence[int],
+    pairs: int,
+    naive: bool,
+    log: Callable[[str], None],
+) -> tuple[Result, int]:
+    """Interleave ours (each worker count), lean and naive on ``records``."""
+    recipe = PreprocessConfig(size=size)
+
+    def fresh(folder: Path) -> Callable[[], None]:
+        return lambda: shutil.rmtree(folder, ignore_errors=True)
+
+    n = len(records)
+    contenders = [
+        Contender(f"ours, {w} worker{'s' if w > 1 else ''}", items=n, cores=w,
+                  setup=fresh(tmp / f"ours{w}"),
+                  run=lambda w=w: ours(records, out_dir=tmp / f"ours{w}", recipe=recipe,
+                                       workers=w))
+        for w in workers
+    ]  # fmt: skip
+    contenders.append(
+        Contender("lean OpenCV/numpy (same recipe)", items=n, setup=fresh(tmp / "lean"),
+                  run=lambda: lean_loop(records, out_dir=tmp / "lean", recipe=recipe))
+    )  # fmt: skip
+    for w in workers[1:]:  # the machine's own scaling, for ours' N-worker figure
+        contenders.append(
+            Contender(f"lean, {w} processes", items=n, cores=w, setup=fresh(tmp / f"lean{w}"),
+                      run=lambda w=w: lean_loop(records, out_dir=tmp / f"lean{w}",
+                                                recipe=recipe, processes=w))
+        )  # fmt: skip
+    if naive:
+        contenders.append(
+            Contender("naive PIL loop (less work)", items=n, setup=fresh(tmp / "naive"),
+                      run=lambda: naive_loop(records, out_dir=tmp / "naive", size=size))
+        )  # fmt: skip
+    result = interleave(contenders, pairs=pairs, log=log)
+    differ = check_identical(records, ours_dir=tmp / f"ours{workers[0]}", lean_dir=tmp / "lean")
+    return result, differ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=64, help="synthetic PNGs (DICOMs: n // 2)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--size", type=int, default=224, help="cache side in pixels")
+    parser.add_argument("--n", type=int, default=32, help="synthetic PNGs (DICOMs: n // 4)")
+    parser.add_argument("--nih", type=int, default=117, help="real NIH PNGs, when present")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--size", type=int, default=256, help="cache side in pixels")
+    parser.add_argument("--png-side", type=int, default=1024)
+    parser.add_argument("--dicom-side", type=int, default=2048)
+    parser.add_argument("--pairs", type=int, default=5, help="interleaved rounds (>= 5)")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
+    cv2.setNumThreads(1)  # one thread per process in every contender: per-core figures
 
     def log(message: str) -> None:
         print(f"# {message}", file=sys.stderr, flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="cxrkit-bench-") as tmp:
-        rows = bench_preprocess(
-            tmp=Path(tmp), n=args.n, workers=args.workers, size=args.size, log=log
-        )
-    print(f"cpus {os.cpu_count()}, workers {args.workers}, size {args.size}")
-    print(format_table(rows))
+    report: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="cxrkit-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        sets = {
+            f"{args.png_side} px 8-bit PNG -> {args.size} px": (
+                lambda: make_pngs(tmp / "png", args.n, side=args.png_side), True),
+            f"NIH ChestX-ray14 PNG -> {args.size} px": (lambda: nih_records(args.nih), True),
+            f"{args.dicom_side} px 16-bit DICOM, VOI window -> {args.size} px": (
+                lambda: make_dicoms(tmp / "dcmw", max(1, args.n // 4), side=args.dicom_side,
+                                    window=True), True),
+            f"{args.dicom_side} px 16-bit DICOM, no window -> {args.size} px": (
+                lambda: make_dicoms(tmp / "dcm", max(1, args.n // 4), side=args.dicom_side,
+                                    window=False), True),
+        }  # fmt: skip
+        for label, (make, naive) in sets.items():
+            records = make()
+            if not records:
+                log(f"{label}: no inputs (no {SHARED_DATA}), skipped")
+                continue
+            log(f"{label}: {len(records)} images")
+            work = tmp / f"set{len(report)}"
+            result, differ = bench_set(
+                records, tmp=work, size=args.size, workers=args.workers, pairs=args.pairs,
+                naive=naive, log=log,
+            )  # fmt: skip
+            shutil.rmtree(work, ignore_errors=True)
+            report[label] = {"images": len(records), "differ": differ, **result.as_dict()}
+            print(f"\n## {label}: {len(records)} images; pixels differing from lean: {differ}")
+            lean = result.contenders[len(args.workers)].name
+            print(result.table(reference=lean, unit="img"))
+            first = result.contenders[0].name
+            naive_name = result.contenders[-1].name
+            if naive_name.startswith("naive"):
+                print(f"{first} / naive, per core: {result.ratio(first, naive_name):.2f}x")
+            for w, c in zip(
+                args.workers[1:], result.contenders[1 : len(args.workers)], strict=True
+            ):
+                print(
+                    f"{c.name} / {first}, whole rates: {result.ratio_total(c.name, first):.2f}x "
+                    f"(lean {w} processes / lean 1: "
+                    f"{result.ratio_total(f'lean, {w} processes', lean):.2f}x on this machine now)"
+                )
+    print(f"\ncpus {os.cpu_count()}; load average at the end {os.getloadavg()}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
     return 0
 
 

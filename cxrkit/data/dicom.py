@@ -13,7 +13,7 @@ that names the package to install.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pydicom
@@ -26,6 +26,9 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 from cxrkit.data.limits import check_pixels
 from cxrkit.data.vocab import normalize_view
 from cxrkit.errors import DicomReadError
+
+if TYPE_CHECKING:
+    from cxrkit.data.images import GreyLevels
 
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -158,7 +161,43 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
     return _header(_read_dataset(path, stop_before_pixels=True))
 
 
+_NATIVE_LITTLE_ENDIAN = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
+
+
+def _native_first_frame(ds: Dataset) -> np.ndarray | None:
+    """The first frame of uncompressed little-endian greyscale 8/16-bit data, read in place from
+    the PixelData bytes (what pydicom's decoder returns for it, without its per-file set-up and
+    copy), or None for anything else: pydicom decodes those.
+
+    Unused high bits are masked off, as pydicom does; signed data with unused high bits (which
+    need sign extension) are left to pydicom.
+    """
+    try:
+        if _transfer_syntax(ds) not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+            return None
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        signed = int(ds.PixelRepresentation) == 1
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or allocated not in (8, 16):
+            return None
+        if not 0 < stored <= allocated or (signed and stored != allocated):
+            return None
+    except (AttributeError, TypeError, ValueError):  # a missing or odd tag: pydicom decides
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    data = ds.PixelData
+    if rows <= 0 or columns <= 0 or len(data) < rows * columns * dtype.itemsize:
+        return None
+    frame = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    if stored < allocated:
+        frame = np.bitwise_and(frame, dtype.type((1 << stored) - 1))
+    return frame
+
+
 def _decode_first_frame(ds: Dataset, path: Path) -> np.ndarray:
+    native = _native_first_frame(ds)
+    if native is not None:
+        return native
     uid = _transfer_syntax(ds)
     if uid:
         name = UID(uid).name
@@ -204,6 +243,36 @@ def read_dicom(
     Raises:
         DicomReadError: missing/empty/non-DICOM file, no pixel data, missing codec, corrupt data.
     """
+    image, meta = read_dicom_levels(path, apply_voi_lut=apply_voi_lut)
+    if not isinstance(image, np.ndarray):
+        image = image.to_image()
+    return image, meta
+
+
+# Integer images spanning at most this many stored values go through the display chain once per
+# value (a lookup table) instead of once per pixel.
+_MAX_LEVELS = 1 << 16
+
+
+def read_dicom_levels(
+    path: str | Path, *, apply_voi_lut: bool = True
+) -> tuple[GreyLevels | np.ndarray, dict[str, Any]]:
+    """:func:`read_dicom`, with an integer image left as grey levels and their display values.
+
+    The display chain (Modality LUT, VOI, MONOCHROME1 inversion) maps each stored value on its
+    own, so it runs on the ``max - min + 1`` possible values and the image is a lookup into them:
+    ``image = values[stored - min]``, the same float32 numbers as applying it to every pixel.
+
+    Returns:
+        ``image``: :class:`cxrkit.data.images.GreyLevels` for single-channel integer data spanning
+        at most 65,536 values, else the float32 (rows, columns) image. ``meta``: as
+        :func:`read_dicom`.
+
+    Raises:
+        DicomReadError: as :func:`read_dicom`.
+    """
+    from cxrkit.data.images import GreyLevels  # images imports this module
+
     path = Path(path)
     ds = _read_dataset(path, stop_before_pixels=False)
     meta = _header(ds)
@@ -225,6 +294,59 @@ def read_dicom(
             f"{path}: expected a single-channel image, got pixel array of shape {stored.shape}"
         )
 
+    inverted = meta["photometric"] == "MONOCHROME1"
+    meta.update(frame=0, inverted=inverted)
+    table = _level_table(stored)
+    if table is not None:
+        levels, low, high = table
+        domain = np.arange(low, high + 1, dtype=np.int64).astype(stored.dtype)
+        values, meta["voi_applied"] = _display_values(domain, ds, path, apply_voi_lut)
+        image = GreyLevels(levels=levels, values=values)
+        present = image.counts() > 0
+        finite = np.isfinite(values)
+        if not finite[present].all():
+            raise DicomReadError(f"{path}: pixel data contains NaN or infinite values")
+        if not finite.all():  # a value no pixel has: keep the table finite for later steps
+            values[~finite] = values[present][0]
+        if inverted:
+            shown = values[present]
+            image.values = _invert(values, lowest=shown.min(), highest=shown.max())
+        return image, meta
+
+    image, meta["voi_applied"] = _display_values(stored, ds, path, apply_voi_lut)
+    if not np.isfinite(image).all():
+        raise DicomReadError(f"{path}: pixel data contains NaN or infinite values")
+    if inverted:
+        image = _invert(image, lowest=image.min(), highest=image.max())
+    return np.ascontiguousarray(image), meta
+
+
+def _level_table(stored: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """``(levels, low, high)`` with ``stored == levels + low`` and ``levels`` uint8/uint16, or
+    None when the data is not integer or spans more than 65,536 values.
+
+    Unsigned data are their own levels (the table starts at 0, no copy); signed 8/16-bit data are
+    offset by half their range with one XOR on the same bits.
+    """
+    if stored.dtype in (np.uint8, np.uint16):
+        return np.ascontiguousarray(stored), 0, int(stored.max())
+    if stored.dtype in (np.int8, np.int16):
+        unsigned = np.dtype(f"uint{8 * stored.dtype.itemsize}")
+        offset = 1 << (8 * stored.dtype.itemsize - 1)
+        levels = np.bitwise_xor(np.ascontiguousarray(stored).view(unsigned), unsigned.type(offset))
+        return levels, -offset, int(stored.max())
+    if stored.dtype.kind in "iu":
+        low, high = int(stored.min()), int(stored.max())
+        if high - low < _MAX_LEVELS:
+            return (stored.astype(np.int64) - low).astype(np.uint16), low, high
+    return None
+
+
+def _display_values(
+    stored: np.ndarray, ds: Dataset, path: Path, apply_voi_lut: bool
+) -> tuple[np.ndarray, bool]:
+    """Modality LUT then VOI (when asked for and present), elementwise: float32, and whether the
+    VOI step ran."""
     values = apply_modality_lut(stored, ds)
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     voi_applied = bool(apply_voi_lut and has_voi)
@@ -238,14 +360,10 @@ def read_dicom(
                 f"{path}: invalid VOI LUT / window in the header ({exc}); preprocess with "
                 "--no-voi-lut (data.preprocess.apply_voi_lut=false) to use the full range instead"
             ) from None
-    image = np.asarray(values, dtype=np.float32)
-    if not np.isfinite(image).all():
-        raise DicomReadError(f"{path}: pixel data contains NaN or infinite values")
+    return np.asarray(values, dtype=np.float32), voi_applied
 
-    inverted = meta["photometric"] == "MONOCHROME1"
-    if inverted:
-        # MONOCHROME1: minimum value = white. Flip within the image's own range so that
-        # display values stay in the same units and range.
-        image = np.float32(image.max()) + np.float32(image.min()) - image
-    meta.update(frame=0, voi_applied=voi_applied, inverted=inverted)
-    return np.ascontiguousarray(image), meta
+
+def _invert(image: np.ndarray, *, lowest: np.float32, highest: np.float32) -> np.ndarray:
+    # MONOCHROME1: minimum value = white. Flip within the image's own range (its lowest and
+    # highest displayed values) so that display values stay in the same units and range.
+    return np.float32(highest) + np.float32(lowest) - image

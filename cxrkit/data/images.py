@@ -4,12 +4,19 @@ Raster files are decoded by OpenCV with ``IMREAD_UNCHANGED`` so 16-bit PNG/TIFF 
 DICOM goes through :mod:`cxrkit.data.dicom` (Modality LUT, VOI LUT, MONOCHROME1 inversion). A file
 is DICOM if its name ends in ``.dcm``/``.dicom`` or it carries the ``DICM`` marker at byte 128
 (hospital exports often have no extension at all).
+
+:func:`read_levels` returns the same image as :func:`read_image` without expanding it: an integer
+image (8/16-bit files, integer DICOM) comes back as its grey levels plus the display value of each
+level (:class:`GreyLevels`), so that the preprocessing recipe can work on at most 65,536 values
+instead of every pixel.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +24,69 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cxrkit.data.dicom import read_dicom, read_dicom_header
+from cxrkit.data.dicom import read_dicom_header, read_dicom_levels
 from cxrkit.data.limits import check_pixels
 from cxrkit.errors import DicomReadError, ImageReadError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _DICOM_MAGIC_OFFSET = 128
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+# Images with more pixels than this count their levels with np.bincount: OpenCV's histogram counts
+# in float32, exact only below 2**24.
+_CALCHIST_MAX_PIXELS = 1 << 24
+
+
+@dataclass(eq=False)
+class GreyLevels:
+    """A display image as integer grey levels and the value of each level.
+
+    The display image is ``values[levels]`` (what :func:`read_image` returns), float32 (H, W).
+
+    Attributes:
+        levels: uint8 or uint16 (H, W), every entry ``< len(values)``.
+        values: float32 (L,), the display value of each level (higher = brighter), L <= 65,536.
+    """
+
+    levels: np.ndarray
+    values: np.ndarray
+    _counts: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.levels.ndim != 2 or self.levels.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"levels must be uint8/uint16 (H, W), got {self.levels.dtype}")
+        if self.values.ndim != 1 or self.values.dtype != np.float32 or not len(self.values):
+            raise ValueError(f"values must be non-empty float32 (L,), got {self.values.dtype}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.levels.shape
+
+    def counts(self) -> np.ndarray:
+        """int64 (L,): how many pixels have each level (computed once)."""
+        if self._counts is None:
+            n = len(self.values)
+            if self.levels.size < _CALCHIST_MAX_PIXELS:
+                # OpenCV's histogram is one pass over the image; np.bincount first widens every
+                # pixel to intp (8x the image's memory).
+                hist = cv2.calcHist([self.levels], [0], None, [n], [0, n])
+                self._counts = hist.ravel().astype(np.int64)
+            else:
+                self._counts = np.bincount(self.levels.ravel(), minlength=n).astype(np.int64)
+            if self._counts.sum() != self.levels.size:
+                raise ValueError(f"levels reach past the {n} values")
+        return self._counts
+
+    def to_image(self) -> np.ndarray:
+        """float32 (H, W): the display image."""
+        return np.ascontiguousarray(self.values[self.levels])
+
+
+_IDENTITY = {
+    np.dtype(np.uint8): np.arange(1 << 8, dtype=np.float32),
+    np.dtype(np.uint16): np.arange(1 << 16, dtype=np.float32),
+}
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -83,14 +146,41 @@ def read_image(
     Raises:
         ImageReadError: missing, empty, truncated or undecodable file (DicomReadError for DICOM).
     """
+    image, meta = read_levels(path, apply_voi_lut=apply_voi_lut)
+    if isinstance(image, GreyLevels):
+        image = image.to_image()
+    return image, meta
+
+
+def read_levels(
+    path: str | Path, *, apply_voi_lut: bool = True
+) -> tuple[GreyLevels | np.ndarray, dict[str, Any]]:
+    """:func:`read_image`, with integer images left as :class:`GreyLevels` (not expanded).
+
+    Returns:
+        ``image``: :class:`GreyLevels` for 8/16-bit raster files and integer single-channel DICOM
+        spanning at most 65,536 stored values; otherwise the float32 (H, W) array of
+        :func:`read_image`. ``meta``: as :func:`read_image`.
+
+    Raises:
+        ImageReadError: as :func:`read_image`.
+    """
     path = Path(path)
     _check_file(path)
     if is_dicom(path):
-        image, meta = read_dicom(path, apply_voi_lut=apply_voi_lut)
+        image, meta = read_dicom_levels(path, apply_voi_lut=apply_voi_lut)
         return image, {"format": "dicom", "dtype": "float32", "channels": 1, **meta}
+    grey, meta = _read_raster(path)
+    identity = _IDENTITY.get(grey.dtype)
+    if identity is not None:
+        return GreyLevels(levels=np.ascontiguousarray(grey), values=identity), meta
+    return np.ascontiguousarray(grey, dtype=np.float32), meta
 
+
+def _read_raster(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode a non-DICOM file to one channel in its own dtype, with :func:`read_image`'s meta."""
     raw = path.read_bytes()  # read once: the size check and the decoder share these bytes
-    stated = _stated_size(io.BytesIO(raw))
+    stated = _stated_size(raw)
     if stated is not None:  # checked before decoding: the header can claim any size
         check_pixels(*stated, path=path)
     data = np.frombuffer(raw, dtype=np.uint8)  # imdecode from memory handles non-ASCII paths
@@ -106,8 +196,7 @@ def read_image(
         "dtype": str(decoded.dtype),
         "channels": channels,
     }
-    image = _to_single_channel(decoded, path)
-    return np.ascontiguousarray(image, dtype=np.float32), meta
+    return _to_single_channel(decoded, path), meta
 
 
 # Guards the toggle of Pillow's global limit below: adapters read headers from many threads
@@ -132,10 +221,20 @@ def _open_header(source: Path | io.BytesIO) -> tuple[int, int]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _stated_size(source: io.BytesIO) -> tuple[int, int] | None:
-    """The header's size, or None when Pillow does not know the format (OpenCV may)."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _stated_size(raw: bytes) -> tuple[int, int] | None:
+    """The header's size, or None when Pillow does not know the format (OpenCV may).
+
+    A PNG's size is read straight from its IHDR chunk (bytes 16..24), which must come first: the
+    same numbers Pillow reads, without opening the file with Pillow for every cached image.
+    """
+    if raw[:8] == _PNG_SIGNATURE and raw[12:16] == b"IHDR" and len(raw) >= 24:
+        width, height = struct.unpack(">II", raw[16:24])
+        return int(width), int(height)
     try:
-        return _open_header(source)
+        return _open_header(io.BytesIO(raw))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
 

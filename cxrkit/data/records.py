@@ -6,10 +6,15 @@ One record per image. Boxes are in **original pixel coordinates** of the file at
 ``labels`` maps a finding name to 0 or 1; a finding absent from the dict is *unknown* for that image
 (not negative). ``boxes`` keeps every reader's box separately (``reader`` is the radiologist id, or
 ``""`` when the source has none); fusion happens in the detector stage.
+
+:func:`read_manifest` reads column by column (one Arrow-to-Python conversion per column, repeated
+strings such as finding names shared, not copied) and leaves each record's ``meta`` as its JSON text
+until it is first read: a training run over 112,120 records reads ``meta`` of almost none.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -72,6 +78,39 @@ class Box:
         return (self.x1, self.y1, self.x2, self.y2)
 
 
+class _MetaJSON(str):
+    """A record's ``meta`` as the manifest stores it: JSON text, parsed on first access."""
+
+
+class _NoMeta:
+    def __repr__(self) -> str:
+        return "{}"
+
+
+_NO_META = _NoMeta()  # the dataclass default of ``meta``: a fresh {} for every record
+
+
+class _JSONObjectField:
+    """Data descriptor behind ``Record.meta``: a dict, kept as :class:`_MetaJSON` text until first
+    read. The value lives in the instance ``__dict__`` under the field's own name, so
+    ``Record(**other.__dict__)`` still copies a record."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return _NO_META
+        value = obj.__dict__[self.name]
+        if type(value) is _MetaJSON:
+            value = json.loads(value) if value else {}
+            obj.__dict__[self.name] = value
+        return value
+
+    def __set__(self, obj: object, value: Any) -> None:
+        obj.__dict__[self.name] = {} if value is _NO_META else value
+
+
 @dataclass(kw_only=True)
 class Record:
     """One image and everything known about it. See the module docstring for the contracts."""
@@ -87,7 +126,7 @@ class Record:
     labels: dict[str, int] = field(default_factory=dict)
     boxes: list[Box] = field(default_factory=list)
     mask_paths: dict[str, str] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = _JSONObjectField()  # default: a new {} (see _JSONObjectField)
 
     def validate(self, *, where: str = "") -> None:
         """Raise :class:`DataError` naming ``where`` (file and row) if a contract is broken."""
@@ -151,23 +190,6 @@ def _to_row(record: Record) -> dict[str, Any]:
     }
 
 
-def _from_row(row: dict[str, Any]) -> Record:
-    return Record(
-        image_id=row["image_id"],
-        source=row["source"],
-        path=row["path"],
-        patient_id=row["patient_id"],
-        view=row["view"],
-        split=row["split"],
-        labels={k: int(v) for k, v in (row["labels"] or [])},
-        boxes=[Box(**b) for b in (row["boxes"] or [])],
-        mask_paths=dict(row["mask_paths"] or []),
-        width=int(row["width"]),
-        height=int(row["height"]),
-        meta=json.loads(row["meta"]) if row["meta"] else {},
-    )
-
-
 def write_manifest(
     records: Iterable[Record], path: str | Path, *, warnings: Sequence[str] = ()
 ) -> Path:
@@ -214,7 +236,93 @@ def read_manifest(path: str | Path) -> list[Record]:
     missing = [name for name in SCHEMA.names if name not in table.column_names]
     if missing:
         raise DataError(f"{path}: manifest lacks columns {missing}")
-    return [_from_row(row) for row in table.select(SCHEMA.names).to_pylist()]
+    return _records(table.select(SCHEMA.names))
+
+
+def _records(table: pa.Table) -> list[Record]:
+    """Records from a manifest table, one Arrow-to-Python conversion per column."""
+    if table.num_rows == 0:
+        return []
+    table = table.combine_chunks()
+
+    def column(name: str) -> pa.Array:
+        return table.column(name).chunk(0)
+
+    texts = {name: column(name).to_pylist() for name in ("image_id", "path", "patient_id")}
+    shared = {name: _shared_strings(column(name)) for name in ("source", "view", "split")}
+    labels = _maps(column("labels"))
+    mask_paths = _maps(column("mask_paths"))
+    boxes = _boxes(column("boxes"))
+    metas = [_MetaJSON(text or "") for text in column("meta").to_pylist()]
+    rows = zip(
+        texts["image_id"],
+        shared["source"],
+        texts["path"],
+        texts["patient_id"],
+        shared["view"],
+        shared["split"],
+        labels,
+        boxes,
+        mask_paths,
+        column("width").to_pylist(),
+        column("height").to_pylist(),
+        metas,
+        strict=True,
+    )
+    return [
+        Record(
+            image_id=image_id, source=source, path=path, patient_id=patient_id, view=view,
+            split=split, labels=label, boxes=box, mask_paths=masks, width=width, height=height,
+            meta=meta,
+        )
+        for (image_id, source, path, patient_id, view, split, label, box, masks, width, height,
+             meta) in rows
+    ]  # fmt: skip
+
+
+def _shared_strings(array: pa.Array) -> list[Any]:
+    """``array.to_pylist()`` with one Python object per distinct value (views, splits and finding
+    names repeat on every record: sharing them saves the memory of a string per occurrence)."""
+    encoded = array.dictionary_encode()
+    distinct = np.empty(len(encoded.dictionary) + 1, dtype=object)
+    distinct[:-1] = encoded.dictionary.to_pylist()  # the last slot is for nulls: None
+    indices = encoded.indices.fill_null(len(distinct) - 1).to_numpy()
+    return distinct[indices].tolist()
+
+
+def _maps(array: pa.MapArray) -> list[dict[Any, Any]]:
+    """``dict`` per row of a map column; a null map is an empty dict."""
+    offsets = array.offsets.to_numpy().tolist()  # absolute positions in keys/items
+    keys = _shared_strings(array.keys)
+    items = array.items.to_pylist()
+    out = [dict(zip(keys[a:b], items[a:b], strict=True)) for a, b in itertools.pairwise(offsets)]
+    if array.null_count:
+        for i in np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)).tolist():
+            out[i] = {}
+    return out
+
+
+def _boxes(array: pa.ListArray) -> list[list[Box]]:
+    """``Box`` objects per row of the boxes column; a null list is no boxes."""
+    offsets = array.offsets.to_numpy().tolist()
+    values = array.values
+    fields = {name: values.field(name) for name in _BOX_TYPE.names}
+    fields = {
+        name: _shared_strings(f) if name in ("finding", "reader") else f.to_pylist()
+        for name, f in fields.items()
+    }
+    nulls = set()
+    if array.null_count:
+        nulls = set(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)).tolist())
+    out: list[list[Box]] = []
+    for i, (a, b) in enumerate(itertools.pairwise(offsets)):
+        if a == b or i in nulls:
+            out.append([])
+            continue
+        out.append(
+            [Box(**{name: column[j] for name, column in fields.items()}) for j in range(a, b)]
+        )
+    return out
 
 
 def findings_of(records: Sequence[Record]) -> list[str]:

@@ -1,0 +1,58 @@
+"""Each benchmark of the data pipeline runs end to end at a tiny size (no timing assertion): its
+peers produce what they should, and the lean peer's pixels equal ours."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import data_pipeline, manifest_read
+from cxrkit.data.records import read_manifest
+
+
+def test_data_pipeline_runs_and_the_lean_peer_matches_ours(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(data_pipeline, "SHARED_DATA", tmp_path / "absent")  # no NIH set: fast
+    out = tmp_path / "figures.json"
+    argv = ["--n", "4", "--png-side", "96", "--dicom-side", "128", "--size", "32", "--workers",
+            "1", "--pairs", "5", "--json", str(out)]  # fmt: skip
+    assert data_pipeline.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert len(report) == 3  # PNG, windowed DICOM, plain DICOM
+    for figures in report.values():
+        assert figures["differ"] == 0
+        names = list(figures["contenders"])
+        assert names == ["ours, 1 worker", "lean OpenCV/numpy (same recipe)",
+                         "naive PIL loop (less work)"]  # fmt: skip
+        assert all(len(c["seconds"]) == 5 for c in figures["contenders"].values())
+
+
+def test_lean_peer_differs_when_the_recipe_does(tmp_path: Path) -> None:
+    """check_identical can fail: a lean image made with another clip is told apart."""
+    import dataclasses
+
+    records = data_pipeline.make_pngs(tmp_path / "in", 2, side=96)
+    recipe = data_pipeline.PreprocessConfig(size=32)
+    data_pipeline.ours(records, out_dir=tmp_path / "ours", recipe=recipe, workers=1)
+    other = dataclasses.replace(recipe, clip_low=20.0)
+    data_pipeline.lean_loop(records, out_dir=tmp_path / "lean", recipe=other)
+    assert data_pipeline.check_identical(records, ours_dir=tmp_path / "ours",
+                                         lean_dir=tmp_path / "lean") == 2  # fmt: skip
+
+
+def test_manifest_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "figures.json"
+    assert manifest_read.main(["--records", "300", "--pairs", "5", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert set(figures["memory"]) == {"ours", "pandas"}
+    assert all(m["n"] == 300 for m in figures["memory"].values())
+    assert "time ours / pandas" in capsys.readouterr().out
+
+
+def test_synthetic_manifest_is_nih_shaped(tmp_path: Path) -> None:
+    records = read_manifest(manifest_read.make_manifest(tmp_path / "m.parquet", n=900))
+    assert len(records) == 900 and len({r.patient_id for r in records}) == 225
+    assert all(len(r.labels) == 15 for r in records)
+    assert sum(bool(r.boxes) for r in records) == manifest_read.NIH_BOXED
+    assert set(records[0].meta) >= {"age", "sex", "follow_up", "original_pixel_spacing"}
