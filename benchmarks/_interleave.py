@@ -14,6 +14,10 @@ machine's load average is recorded before and after so a reader can judge the no
         pairs=5,
     )
     print(result.table(reference="naive PIL loop"))
+
+:func:`turns` is the same A B A B for contenders given as name -> callable, recording wall and this
+process's CPU seconds per repeat and calling ``sync`` around each clock read
+(``torch.cuda.synchronize`` on a GPU): the loader and GPU benchmarks use it.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+MIN_PAIRS = 5
+"""Timed rounds at least, so that a median of interleaved repeats means something."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +168,10 @@ def interleave(
     names = [c.name for c in contenders]
     if len(contenders) < 2 or len(set(names)) != len(names):
         raise ValueError(f"need at least two contenders with distinct names, got {names}")
-    if pairs < 5:
-        raise ValueError(f"pairs must be >= 5 for a median of interleaved repeats, got {pairs}")
+    if pairs < MIN_PAIRS:
+        raise ValueError(
+            f"pairs must be >= {MIN_PAIRS} for a median of interleaved repeats, got {pairs}"
+        )
     result = Result(contenders=list(contenders), seconds={name: [] for name in names})
     for _ in range(warmup):
         for c in contenders:
@@ -180,5 +189,82 @@ def interleave(
             result.seconds[c.name].append(elapsed)
             if log is not None:
                 log(f"round {round_ + 1}/{pairs} {c.name}: {c.items / elapsed:.1f}/s")
+    result.load_after = _loadavg()
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# turns: name -> callable, wall and CPU clocks, an optional device sync
+
+
+@dataclass
+class Turns:
+    """Seconds of each timed repeat per contender, in the order they ran."""
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+    load_before: tuple[float, ...] = ()
+    load_after: tuple[float, ...] = ()
+
+    def median(self, name: str) -> float:
+        """Median wall seconds of ``name``."""
+        return statistics.median(self.wall[name])
+
+    def rate(self, name: str, items: float) -> float:
+        """Median items per wall second."""
+        return statistics.median(items / s for s in self.wall[name])
+
+    def cpu_rate(self, name: str, items: float) -> float:
+        """Median items per CPU second of this process (per core, for single-process work)."""
+        return statistics.median(items / max(s, 1e-9) for s in self.cpu[name])
+
+    def ratio(self, name: str, reference: str) -> float:
+        """Median over rounds of reference seconds / name seconds (> 1: ``name`` is faster)."""
+        return statistics.median(
+            b / a for a, b in zip(self.wall[name], self.wall[reference], strict=True)
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "wall_s": self.wall,
+            "cpu_s": self.cpu,
+            "load_before": list(self.load_before),
+            "load_after": list(self.load_after),
+        }
+
+
+def turns(
+    contenders: Mapping[str, Callable[[], object]],
+    *,
+    pairs: int = MIN_PAIRS,
+    warmup: int = 1,
+    sync: Callable[[], object] | None = None,
+) -> Turns:
+    """Run ``contenders`` round-robin, ``warmup`` untimed rounds then ``pairs`` timed ones.
+
+    Args:
+        contenders: name -> one repeat (at least two).
+        pairs: timed rounds, at least 5 so that a median means something.
+        sync: called before each clock read (``torch.cuda.synchronize`` on a GPU).
+    """
+    if len(contenders) < 2:
+        raise ValueError(f"need at least two contenders, got {list(contenders)}")
+    if pairs < MIN_PAIRS:
+        raise ValueError(f"pairs must be >= {MIN_PAIRS}, got {pairs}")
+    result = Turns(wall={n: [] for n in contenders}, cpu={n: [] for n in contenders})
+    for _ in range(warmup):
+        for run in contenders.values():
+            run()
+    result.load_before = _loadavg()
+    for _ in range(pairs):
+        for name, run in contenders.items():
+            if sync is not None:
+                sync()
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            if sync is not None:
+                sync()
+            result.wall[name].append(time.perf_counter() - wall)
+            result.cpu[name].append(time.process_time() - cpu)
     result.load_after = _loadavg()
     return result

@@ -61,7 +61,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._turns import MIN_PAIRS, turns  # noqa: E402
+from benchmarks._interleave import MIN_PAIRS, turns  # noqa: E402
 from benchmarks.pretrain_throughput import _Repeat  # noqa: E402
 from cxrkit import engine  # noqa: E402
 from cxrkit.config import PreprocessConfig, TrainerConfig  # noqa: E402

@@ -44,7 +44,7 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._turns import turns  # noqa: E402
+from benchmarks._interleave import turns  # noqa: E402
 from cxrkit.config import PreprocessConfig  # noqa: E402
 from cxrkit.data import augmentation, datasets  # noqa: E402
 from cxrkit.data.cache import Cache, read_png  # noqa: E402

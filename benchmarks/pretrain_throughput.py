@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._turns import turns  # noqa: E402
+from benchmarks._interleave import turns  # noqa: E402
 from cxrkit import engine  # noqa: E402
 from cxrkit.config import PreprocessConfig, TrainerConfig  # noqa: E402
 from cxrkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet50  # noqa: E402

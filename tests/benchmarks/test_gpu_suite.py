@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_suite
-from benchmarks._turns import turns
+from benchmarks._interleave import turns
 
 PARTS = {"B2": "bare torchvision loop", "B3": "minimal lightly loop"}
 DETECTION = {"B8": "torchvision references loop", "B9": "torchvision reference"}
