@@ -12,7 +12,7 @@ Steps (each prints a progress line), all through the package's own stages::
     8 cam         Ablation-CAM overlays of the Barlow Twins detector's top boxes
 
 ``OUT/report.md`` compares the two initialisations and links everything else. The quick mode
-(``--quick``) shrinks every step so that the demo finishes in about three minutes on two CPU
+(``--quick``) shrinks every step so that the demo finishes in about two minutes on two CPU
 cores; its numbers only show that the pipeline runs (a few dozen steps teach a detector little).
 """
 

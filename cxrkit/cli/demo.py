@@ -11,7 +11,7 @@ from cxrkit.cli.common import add_command
 EPILOG = """\
 examples:
   cxrkit demo --out runs/demo            # about 15 minutes on a 2-core CPU
-  cxrkit demo --out runs/demo --quick    # about 3 minutes: every step, tiny sizes
+  cxrkit demo --out runs/demo --quick    # about 2 minutes: every step, tiny sizes
 
 Afterwards open runs/demo/report.md; TensorBoard: tensorboard --logdir runs/demo/runs
 """
@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: about 3 minutes")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: about 2 minutes")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_run)
 
