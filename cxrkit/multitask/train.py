@@ -233,6 +233,26 @@ def fit(config: MultiTaskConfig, *, resume: str | Path | bool = "auto") -> engin
     return fit_multilabel(config, resume=resume)
 
 
+HEADS_FILE = "heads.json"
+
+
+def _report_heads(config: MultiTaskConfig, records: Sequence[Record], out: Path) -> dict[str, int]:
+    """How many training images feed each head (records without masks or boxes train fewer
+    heads): printed in the run summary and written to ``OUT/heads.json`` (rank 0)."""
+    import json
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from cxrkit.multitask.dataset import head_counts
+
+    counts = head_counts(config, records)
+    if rank_zero_only.rank == 0:
+        io.atomic_write(out / HEADS_FILE, json.dumps(counts, indent=2) + "\n")
+        parts = ", ".join(f"{name} {n}" for name, n in counts.items() if name != "images")
+        print(f"training images per head ({counts['images']} images): {parts}", flush=True)
+    return counts
+
+
 def fit_multilabel(
     config: MultiTaskConfig, *, resume: str | Path | bool = "auto"
 ) -> engine.RunResult:
@@ -247,6 +267,7 @@ def fit_multilabel(
     if not train_records:
         raise DataError(f"{data.manifest}: no record in split {data.train_split!r} to train on")
     has_val = bool(val_records)
+    heads = _report_heads(config, train_records, out)
     monitor = config.selection if has_val else "train/loss_epoch"
     module = MultiTaskModule(config=config, monitor=monitor, load_weights=not run.resuming)
     trainer = train_stage(
@@ -259,6 +280,7 @@ def fit_multilabel(
         cache=cache,
     )
     result = engine.RunResult(output_dir=out, checkpoint=engine.best_checkpoint(out))
+    result.metrics.update({f"heads/{name}": float(n) for name, n in heads.items()})
     if not trainer.is_global_zero:
         return result
     best = result.checkpoint if has_val else None

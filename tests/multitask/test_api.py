@@ -29,6 +29,13 @@ def test_fit_from_python_and_eval_scores_the_group_finding(
     run = multitask.fit(cfg)
     assert run.output_dir == out and run.checkpoint is not None
     assert set(run.artifacts) == {"model", "predictions"}
+    # the run summary says how many training images fed each head, as the dataset counts them
+    from cxrkit.multitask.dataset import head_counts
+
+    train = [r for r in phantoms.records if r.split == "train"]
+    heads = json.loads((out / "heads.json").read_text())
+    assert heads == head_counts(cfg, train) and heads["images"] == len(train)
+    assert run.metrics["heads/classification"] == heads["classification"]
     # the returned artifacts: the model loads and scores the split again, identically
     model, config, _ = multitask.load(run.artifacts["model"])
     test = [r for r in phantoms.records if r.split == "test"]
