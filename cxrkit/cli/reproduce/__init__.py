@@ -46,6 +46,22 @@ def register(subparsers: Any) -> None:
         importlib.import_module(module).register(papers)
 
 
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """A driver's config overrides: ``--set KEY=VALUE`` (``args.overrides``) then positional
+    ``key=value`` words (``args.words``), each checked to be of that form.
+
+    Raises:
+        ConfigError: a word without ``=``.
+    """
+    from cxrkit.errors import ConfigError
+
+    overrides = [*getattr(args, "overrides", []), *getattr(args, "words", [])]
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"{bad[0]!r} is not a key=value override")
+    return overrides
+
+
 def add_driver_arguments(parser: argparse.ArgumentParser, *, out_default: str) -> None:
     """``--out``, ``--scale``, ``--stage`` and ``--plan``: the options of every driver."""
     parser.add_argument(

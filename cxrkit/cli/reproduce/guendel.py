@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cxrkit.cli.reproduce import add_driver_arguments
+from cxrkit.cli.reproduce import add_driver_arguments, overrides_of
 from cxrkit.cli.reproduce.kcr import add_protocol_arguments
 
 EPILOG = """\
@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         scale=args.scale,
         manifest=args.manifest,
         cache=args.cache,
-        overrides=args.overrides,
+        overrides=overrides_of(args),
         config_dir=args.config_dir,
         n_bootstrap=args.n_bootstrap,
         seed=args.seed,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cxrkit.cli.reproduce import add_driver_arguments
+from cxrkit.cli.reproduce import add_driver_arguments, overrides_of
 
 EPILOG = """\
 examples:
@@ -68,7 +68,14 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, *, n_bootstrap_help:
         default=[],
         metavar="KEY=VALUE",
         dest="overrides",
-        help="override applied to every model's config (repeatable), e.g. encoder.weights=PATH",
+        help="override applied to every model's config (repeatable), e.g. encoder.weights=PATH; "
+        "the same as a positional key=value",
+    )
+    parser.add_argument(
+        "words",
+        nargs="*",
+        metavar="key=value",
+        help="overrides applied to every model's config, as in the training commands",
     )
     parser.add_argument(
         "--config-dir",
@@ -90,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         train_manifest=args.train,
         cache=args.cache,
         externals=kcr.parse_externals(args.external),
-        overrides=args.overrides,
+        overrides=overrides_of(args),
         config_dir=args.config_dir,
         n_bootstrap=args.n_bootstrap,
         delong=args.delong,
