@@ -150,3 +150,25 @@ def test_python_m_cxrkit_runs_the_same_cli():
         [sys.executable, "-m", "cxrkit", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("cxrkit ")
+
+
+def _help_texts(parser):
+    import argparse
+
+    yield (parser.prog, (parser.description or "") + (parser.epilog or ""))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _help_texts(sub)
+
+
+def test_config_files_named_in_any_help_exist():
+    texts = list(_help_texts(cli.build_parser()))
+    assert len(texts) > 20  # every command and subcommand was visited
+    missing = [
+        (prog, path)
+        for prog, text in texts
+        for path in re.findall(r"configs/[\w./-]+\.yaml", text)
+        if not (ROOT / path).is_file()
+    ]
+    assert not missing, missing

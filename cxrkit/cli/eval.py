@@ -39,7 +39,7 @@ examples:
 
   # screening ("definite normal"): confusion matrix at 99 % sensitivity, misses by risk group
   cxrkit eval screening --predictions runs/screen/test.csv --manifest data/hospital.parquet \\
-      --split test --risk-groups configs/risk_groups.yaml --out reports/screen
+      --split test --risk-groups runs/multitask/screening/risk_groups.yaml --out reports/screen
 
 predictions files (CSV or Parquet):
   classification  image_id, finding, score
