@@ -631,6 +631,12 @@ def _pretrain(
     return {"backbone": str(result.artifacts["backbone"])}
 
 
+def _arm_weights(arm: str, *, backbone: str, inputs: Mapping[str, str]) -> str:
+    """The initial-weights file of ``arm`` ("" for random): the pretrained backbone, or the
+    ImageNet V1 file (the authors' torchvision://resnet50 and evaluate.py baseline)."""
+    return {"bt": backbone, "imagenet": inputs["imagenet_v1"], "random": ""}[arm]
+
+
 def _detector(
     d: Detector,
     *,
@@ -644,7 +650,7 @@ def _detector(
     from cxrkit import finetune
 
     vindr = caches[f"vindr_{d.size}"]
-    weights = {"bt": backbone, "imagenet": inputs["imagenet_v1"], "random": ""}[d.arm]
+    weights = _arm_weights(d.arm, backbone=backbone, inputs=inputs)
     overrides = [
         f"output_dir={runs / f'detector_{d.name}'}",
         *_data_overrides(vindr),
@@ -882,7 +888,7 @@ def _linear_eval_config(
         )
     init = {"bt": "checkpoint", "imagenet": "imagenet", "random": "random"}[arm]
     # authors' evaluate.py: the ImageNet baseline is torchvision's IMAGENET1K_V1
-    weights = {"bt": backbone, "imagenet": inputs["imagenet_v1"], "random": ""}[arm]
+    weights = _arm_weights(arm, backbone=backbone, inputs=inputs)
     return _load(
         pretrain.LinearEvalConfig,
         [folder / name for name in LINEAR_EVAL_FILES[protocol]],

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cxrkit.cli.common import add_command
 from cxrkit.cli.reproduce import add_driver_arguments, overrides_of
 from cxrkit.cli.reproduce.kcr import add_protocol_arguments
 
@@ -24,14 +25,14 @@ the auxiliary heads) and OUT/heads.{md,csv} (training images per head).
 
 def register(papers: Any) -> None:
     """Add ``cxrkit reproduce guendel``."""
-    parser = papers.add_parser(
+    parser = add_command(
+        papers,
         "guendel",
         help="Guendel et al. 2019: classification with and without segmentation/location heads",
         description="Train Guendel's multi-task model (classification + lung/heart segmentation "
         "+ abnormality location) and the classification-only ablation, and write per-abnormality "
         "AUC of both in one table.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_driver_arguments(parser, out_default="runs/reproduce/guendel")
     parser.add_argument("--manifest", type=Path, help="manifest with train, val and test splits")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cxrkit.cli.common import add_command
 from cxrkit.cli.reproduce import add_driver_arguments, overrides_of
 
 EPILOG = """\
@@ -23,14 +24,14 @@ result block OUT/NAME/result_block.md, and OUT/table.{md,csv} over every externa
 
 def register(papers: Any) -> None:
     """Add ``cxrkit reproduce kcr``."""
-    parser = papers.add_parser(
+    parser = add_command(
+        papers,
         "kcr",
         help="KCR 2025: classifier vs classifier + reconstruction, AP/PA AUROC gaps",
         description="Train (or reuse) KCR Model 1 and Model 2 and write, per external dataset and "
         "over all of them, mAUROC on all / AP / PA images, Model 2 - Model 1 on each with CI and "
         "p, and each model's AP-PA gap with its change and p.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_driver_arguments(parser, out_default="runs/reproduce/kcr")
     parser.add_argument("--train", type=Path, help="training manifest (train and val splits)")
