@@ -7,7 +7,16 @@ clipping, CLAHE and resizing are *not* done here; they belong to :mod:`cxrkit.da
 
 Compressed transfer syntaxes (JPEG baseline/lossless, JPEG-LS, JPEG 2000, HTJ2K) are decoded by the
 pylibjpeg plugins (or GDCM / Pillow where pydicom can use them); a missing plugin gives an error
-that names the package to install.
+that names the package to install. When every pydicom plugin fails, GDCM's own reader
+(``gdcm.ImageReader``) is tried on the file: pydicom's GDCM plugin refuses 12-bit JPEG Extended by
+its own check, and files such as pydicom's malformed ``JPEG-lossy.dcm`` decode with GDCM (as with
+DCMTK) while libjpeg rejects them.
+
+PALETTE COLOR images (ultrasound, secondary captures) are turned into RGB through their palette
+(``pydicom.pixels.apply_color_lut``) and then into luminance with the ITU-R BT.601 weights of
+OpenCV's ``cvtColor`` (0.299 R + 0.587 G + 0.114 B), as any other colour image. Multi-frame files
+are refused by name: which frame is the radiograph cannot be told from the file, and taking the
+first one silently would hide a cine, a tomosynthesis stack or a multi-view file.
 """
 
 from __future__ import annotations
@@ -15,11 +24,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
 from pydicom.pixels import apply_voi_lut as pydicom_apply_voi_lut
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -161,6 +171,21 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
     return _header(_read_dataset(path, stop_before_pixels=True))
 
 
+def check_single_frame(header: dict[str, Any], *, path: str | Path) -> None:
+    """Refuse a multi-frame file (``NumberOfFrames`` > 1) from its :func:`read_dicom_header`.
+
+    Raises:
+        DicomReadError: naming the file and its number of frames.
+    """
+    frames = int(header.get("number_of_frames") or 1)
+    if frames > 1:
+        raise DicomReadError(
+            f"{path}: multi-frame DICOM ({frames} frames, NumberOfFrames); cxrkit reads "
+            "single-frame radiographs and does not guess which frame is the image: export the "
+            "frame you want as its own file"
+        )
+
+
 _NATIVE_LITTLE_ENDIAN = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
 
 
@@ -213,12 +238,51 @@ def _decode_first_frame(ds: Dataset, path: Path) -> np.ndarray:
                 f"{path}: transfer syntax {name} ({uid}) needs {package} (pip install {package})"
             )
     try:
-        # index=0 decodes only the first frame of a multi-frame file, not the whole cine.
+        # Multi-frame files are refused before this; index=0 keeps a header that lies about
+        # NumberOfFrames from decoding more than one frame.
         return pixel_array(ds, index=0)
     except Exception as exc:  # decoders raise RuntimeError, ValueError, OSError... on corrupt data
-        raise DicomReadError(
-            f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})"
-        ) from exc
+        try:
+            return _gdcm_first_frame(ds, path)
+        except DicomReadError as fallback:
+            raise DicomReadError(
+                f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc}; GDCM fallback: "
+                f"{fallback})"
+            ) from exc
+
+
+def _gdcm_first_frame(ds: Dataset, path: Path) -> np.ndarray:
+    """The first frame as GDCM's own reader decodes it, in the dtype and shape pydicom returns for
+    single-channel data (``(rows, columns)``, ``uint``/``int`` of BitsAllocated bits).
+
+    Raises:
+        DicomReadError: GDCM is not installed, cannot read the file, or the data is not one
+            channel of 8/16/32 bits (colour is left to pydicom).
+    """
+    try:
+        import gdcm
+    except ImportError:
+        raise DicomReadError("python-gdcm is not installed (pip install python-gdcm)") from None
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    if not reader.Read():
+        raise DicomReadError("gdcm.ImageReader cannot read the file")
+    image = reader.GetImage()
+    pixel_format = image.GetPixelFormat()
+    samples, allocated = pixel_format.GetSamplesPerPixel(), pixel_format.GetBitsAllocated()
+    if samples != 1 or allocated not in (8, 16, 32):
+        raise DicomReadError(f"GDCM gives {samples} samples of {allocated} bits; not used")
+    columns, rows = (int(d) for d in image.GetDimensions()[:2])
+    dtype = np.dtype(f"={'i' if pixel_format.GetPixelRepresentation() else 'u'}{allocated // 8}")
+    # GDCM hands char* over as str; surrogateescape gets the bytes back (as pydicom's plugin does).
+    data = image.GetBuffer().encode("utf-8", "surrogateescape")
+    if (
+        rows != int(ds.Rows)
+        or columns != int(ds.Columns)
+        or len(data) < rows * columns * dtype.itemsize
+    ):
+        raise DicomReadError(f"GDCM decoded {len(data)} bytes for {columns}x{rows} pixels")
+    return np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns).copy()
 
 
 def read_dicom(
@@ -226,7 +290,7 @@ def read_dicom(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a DICOM image as it should be displayed, before any contrast processing.
 
-    Steps: decode the first frame; Modality LUT (rescale slope/intercept or LUT); VOI LUT or the
+    Steps: decode the (single) frame; Modality LUT (rescale slope/intercept or LUT); VOI LUT or the
     first window (only if the header has one and ``apply_voi_lut``); colour images (secondary
     captures) are reduced to luminance; MONOCHROME1 is inverted (``max + min - x``) *after*
     windowing, because the window is defined on the stored polarity.
@@ -238,10 +302,12 @@ def read_dicom(
     Returns:
         ``image``: float32 (rows, columns), higher = brighter; values in modality/VOI units (not
         normalised). ``meta``: :func:`read_dicom_header` fields plus ``frame`` (always 0: the frame
-        returned), ``voi_applied`` (bool) and ``inverted`` (bool).
+        returned), ``voi_applied`` (bool), ``inverted`` (bool) and, for PALETTE COLOR,
+        ``palette_applied`` (True).
 
     Raises:
-        DicomReadError: missing/empty/non-DICOM file, no pixel data, missing codec, corrupt data.
+        DicomReadError: missing/empty/non-DICOM file, no pixel data, multi-frame file, missing
+            codec, corrupt data (after GDCM's reader also failed).
     """
     image, meta = read_dicom_levels(path, apply_voi_lut=apply_voi_lut)
     if not isinstance(image, np.ndarray):
@@ -282,7 +348,11 @@ def read_dicom_levels(
     check_pixels(
         int(meta["columns"] or 0), int(meta["rows"] or 0), path=path, error=DicomReadError
     )  # before decoding: a header can claim any Rows x Columns
+    check_single_frame(meta, path=path)
     stored = _decode_first_frame(ds, path)
+    if meta["photometric"] == "PALETTE COLOR":
+        meta.update(frame=0, voi_applied=False, inverted=False, palette_applied=True)
+        return _palette_luminance(stored, ds, path), meta
     if stored.ndim == 3 and meta["samples_per_pixel"] == 3:
         # Colour secondary captures: pydicom converts YBR to RGB; LUTs do not apply to colour data.
         rgb = stored.astype(np.float32)
@@ -319,6 +389,24 @@ def read_dicom_levels(
     if inverted:
         image = _invert(image, lowest=image.min(), highest=image.max())
     return np.ascontiguousarray(image), meta
+
+
+def _palette_luminance(stored: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
+    """PALETTE COLOR indices -> RGB through the file's palette -> float32 luminance (BT.601).
+
+    The conversion is OpenCV's ``cvtColor(RGB2GRAY)`` in the palette's own dtype (uint8/uint16),
+    the same numbers as :func:`cxrkit.data.images.read_image` gives a colour PNG.
+    """
+    try:
+        rgb = apply_color_lut(stored, ds)
+    except Exception as exc:  # a missing or malformed palette descriptor/table
+        raise DicomReadError(
+            f"{path}: PALETTE COLOR image with an unusable palette ({type(exc).__name__}: {exc})"
+        ) from exc
+    if rgb.dtype not in (np.uint8, np.uint16):
+        rgb = rgb.astype(np.float32)
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    return np.ascontiguousarray(grey, dtype=np.float32)
 
 
 def _level_table(stored: np.ndarray) -> tuple[np.ndarray, int, int] | None:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxrkit.data.dicom import read_dicom_header, read_dicom_levels
-from cxrkit.data.limits import check_pixels
+from cxrkit.data.limits import check_min_size, check_pixels
 from cxrkit.errors import DicomReadError, ImageReadError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -146,7 +146,7 @@ def read_image(
     Raises:
         ImageReadError: missing, empty, truncated or undecodable file (DicomReadError for DICOM).
     """
-    image, meta = read_levels(path, apply_voi_lut=apply_voi_lut)
+    image, meta = _read_levels(path, apply_voi_lut=apply_voi_lut)
     if isinstance(image, GreyLevels):
         image = image.to_image()
     return image, meta
@@ -155,7 +155,8 @@ def read_image(
 def read_levels(
     path: str | Path, *, apply_voi_lut: bool = True
 ) -> tuple[GreyLevels | np.ndarray, dict[str, Any]]:
-    """:func:`read_image`, with integer images left as :class:`GreyLevels` (not expanded).
+    """:func:`read_image`, with integer images left as :class:`GreyLevels` (not expanded): the
+    reader of a record's image (``cxrkit preprocess``), so it also refuses what cannot be one.
 
     Returns:
         ``image``: :class:`GreyLevels` for 8/16-bit raster files and integer single-channel DICOM
@@ -163,8 +164,30 @@ def read_levels(
         :func:`read_image`. ``meta``: as :func:`read_image`.
 
     Raises:
-        ImageReadError: as :func:`read_image`.
+        ImageReadError: as :func:`read_image`; also an image under
+            :data:`cxrkit.data.limits.MIN_SIDE` pixels a side, and a DICOM whose every pixel
+            has the same value (a blank export: no acquisition to show). A constant PNG/JPEG
+            stays readable (the preprocessing recipe makes it black).
     """
+    image, meta = _read_levels(path, apply_voi_lut=apply_voi_lut)
+    height, width = image.shape
+    check_min_size(width, height, path=path)
+    if meta["format"] == "dicom" and _is_constant(image):
+        raise DicomReadError(
+            f"{path}: blank DICOM (every pixel has the same stored value); nothing to read"
+        )
+    return image, meta
+
+
+def _is_constant(image: GreyLevels | np.ndarray) -> bool:
+    if isinstance(image, GreyLevels):
+        return int(np.count_nonzero(image.counts())) <= 1
+    return bool(image.size) and float(image.min()) == float(image.max())
+
+
+def _read_levels(
+    path: str | Path, *, apply_voi_lut: bool
+) -> tuple[GreyLevels | np.ndarray, dict[str, Any]]:
     path = Path(path)
     _check_file(path)
     if is_dicom(path):

@@ -152,12 +152,17 @@ def test_modality_lut_applied_before_window(tmp_path: Path) -> None:
     np.testing.assert_array_equal(raw, stored.astype(np.float32) - 1024)
 
 
-def test_multiframe_returns_first_frame(tmp_path: Path) -> None:
+def test_multiframe_is_refused_by_name(tmp_path: Path) -> None:
+    # Taking frame 0 silently would hide a cine or a multi-view file (issue 9): refused, and the
+    # header read by the adapters says so before any pixel is decoded.
     frames = np.arange(3 * 5 * 6, dtype=np.uint16).reshape(3, 5, 6)
     path = write_dicom(tmp_path / "cine.dcm", frames, bits_stored=12)
-    image, meta = read_dicom(path)
-    np.testing.assert_array_equal(image, frames[0])
-    assert meta["number_of_frames"] == 3 and meta["frame"] == 0
+    with pytest.raises(DicomReadError, match=r"cine\.dcm: multi-frame DICOM \(3 frames"):
+        read_dicom(path)
+    header = read_dicom_header(path)
+    assert header["number_of_frames"] == 3
+    with pytest.raises(DicomReadError, match="multi-frame"):
+        dicom.check_single_frame(header, path=path)
 
 
 @pytest.mark.parametrize(

@@ -237,21 +237,28 @@ def read_many(fn: Callable[[Path], T], paths: Sequence[Path]) -> list[T | Cxrkit
 
 def probe_image(path: Path) -> dict[str, Any]:
     """What a file's header says, without decoding pixels: ``width``, ``height``, ``view``,
-    ``patient_id`` (``""`` when unknown) and ``pixel_spacing`` ([row, col] mm or None).
+    ``view_position`` (the DICOM tag as written, ``""`` otherwise), ``patient_id`` (``""`` when
+    unknown) and ``pixel_spacing`` ([row, col] mm or None).
 
     DICOM (by name or by its ``DICM`` marker) gives all of them; PNG/JPEG only the size.
 
     Raises:
-        ImageReadError: missing, empty or unreadable file (DicomReadError for DICOM).
+        ImageReadError: missing, empty or unreadable file, an image under
+            :data:`cxrkit.data.limits.MIN_SIDE` px a side, or a multi-frame DICOM
+            (DicomReadError for DICOM).
     """
-    from cxrkit.data.dicom import read_dicom_header
+    from cxrkit.data.dicom import check_single_frame, read_dicom_header
     from cxrkit.data.images import image_size, is_dicom
+    from cxrkit.data.limits import check_min_size
     from cxrkit.data.vocab import normalize_view
+    from cxrkit.errors import DicomReadError
 
     if is_dicom(path):
         header = read_dicom_header(path)
         if not header["rows"] or not header["columns"]:
             raise ImageReadError(f"{path}: DICOM header has no Rows/Columns")
+        check_single_frame(header, path=path)
+        check_min_size(int(header["columns"]), int(header["rows"]), path=path, error=DicomReadError)
         view = header["view"]
         if view == "unknown":
             view = normalize_view(header.get("view_position"))
@@ -259,14 +266,17 @@ def probe_image(path: Path) -> dict[str, Any]:
             "width": int(header["columns"]),
             "height": int(header["rows"]),
             "view": view,
+            "view_position": header.get("view_position") or "",
             "patient_id": header.get("patient_id") or "",
             "pixel_spacing": header.get("pixel_spacing"),
         }
     width, height = image_size(path)
+    check_min_size(width, height, path=path)
     return {
         "width": width,
         "height": height,
         "view": "unknown",
+        "view_position": "",
         "patient_id": "",
         "pixel_spacing": None,
     }
