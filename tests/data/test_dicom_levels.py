@@ -123,8 +123,8 @@ def test_32_bit_data_beyond_the_table_stay_per_pixel(tmp_path: Path) -> None:
 def test_raster_levels_are_the_decoded_pixels(tmp_path: Path) -> None:
     import cv2
 
-    for dtype, top in ((np.uint8, 256), (np.uint16, 65536)):  # >= limits.MIN_SIDE
-        pixels = rng.integers(0, top, (10, 12)).astype(dtype)
+    for dtype, top in ((np.uint8, 256), (np.uint16, 65536)):
+        pixels = rng.integers(0, top, (20, 24)).astype(dtype)  # >= limits.MIN_SIDE
         cv2.imwrite(str(tmp_path / "x.png"), pixels)
         levels, meta = read_levels(tmp_path / "x.png")
         assert isinstance(levels, GreyLevels) and len(levels.values) == top
