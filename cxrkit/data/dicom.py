@@ -78,7 +78,15 @@ def _read_dataset(path: Path, *, stop_before_pixels: bool) -> Dataset:
     except InvalidDicomError:
         return _read_without_preamble(path, stop_before_pixels=stop_before_pixels)
     except Exception as exc:  # pydicom raises many types on corrupt input; all mean the same here
-        raise DicomReadError(f"{path}: corrupt DICOM file ({type(exc).__name__}: {exc})") from exc
+        raise DicomReadError(f"{path}: corrupt DICOM file ({_one_line(exc)})") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line: pydicom lists each plugin's failure on a line of its own,
+    and the CLI prints an error as one line."""
+    return f"{type(exc).__name__}: " + "; ".join(
+        line.strip() for line in str(exc).splitlines() if line.strip()
+    )
 
 
 def _read_without_preamble(path: Path, *, stop_before_pixels: bool) -> Dataset:
@@ -246,8 +254,7 @@ def _decode_first_frame(ds: Dataset, path: Path) -> np.ndarray:
             return _gdcm_first_frame(ds, path)
         except DicomReadError as fallback:
             raise DicomReadError(
-                f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc}; GDCM fallback: "
-                f"{fallback})"
+                f"{path}: cannot decode pixel data ({_one_line(exc)}; GDCM fallback: {fallback})"
             ) from exc
 
 
@@ -274,8 +281,11 @@ def _gdcm_first_frame(ds: Dataset, path: Path) -> np.ndarray:
         raise DicomReadError(f"GDCM gives {samples} samples of {allocated} bits; not used")
     columns, rows = (int(d) for d in image.GetDimensions()[:2])
     dtype = np.dtype(f"={'i' if pixel_format.GetPixelRepresentation() else 'u'}{allocated // 8}")
+    buffer = image.GetBuffer()
+    if buffer is None:  # what GDCM returns when its codec failed after the header parsed
+        raise DicomReadError("GDCM could not decode the pixel data")
     # GDCM hands char* over as str; surrogateescape gets the bytes back (as pydicom's plugin does).
-    data = image.GetBuffer().encode("utf-8", "surrogateescape")
+    data = buffer.encode("utf-8", "surrogateescape")
     if (
         rows != int(ds.Rows)
         or columns != int(ds.Columns)
@@ -401,7 +411,7 @@ def _palette_luminance(stored: np.ndarray, ds: Dataset, path: Path) -> np.ndarra
         rgb = apply_color_lut(stored, ds)
     except Exception as exc:  # a missing or malformed palette descriptor/table
         raise DicomReadError(
-            f"{path}: PALETTE COLOR image with an unusable palette ({type(exc).__name__}: {exc})"
+            f"{path}: PALETTE COLOR image with an unusable palette ({_one_line(exc)})"
         ) from exc
     if rgb.dtype not in (np.uint8, np.uint16):
         rgb = rgb.astype(np.float32)
