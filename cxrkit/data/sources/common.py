@@ -103,8 +103,10 @@ def read_csv(
 
     Raises:
         MissingFileError: no such file.
-        DataError: not readable as CSV, or a required column is missing (the message names the
-            file and the column and lists the columns that are there).
+        DataError: not readable as CSV, a row with fewer or more fields than the header (the
+            message names its line: pandas would silently fill it with empty cells, or shift a
+            whole file into an index column), or a required column is missing (the message names
+            the file and the column and lists the columns that are there).
     """
     import pandas as pd
 
@@ -123,6 +125,7 @@ def read_csv(
         raise DataError(f"{path}: {what} is empty") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: malformed {what} ({str(exc).strip()})") from exc
+    _check_row_lengths(path, what=what)
     df.columns = [str(c).strip() for c in df.columns]
     by_key = {c.casefold(): c for c in df.columns}
     renames = {}
@@ -135,6 +138,50 @@ def read_csv(
             continue
         renames[found] = name
     return df.rename(columns=renames)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    """``path`` as text, decompressed by its suffix as pandas does (.gz, .bz2, .xz, .zip)."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    suffix = path.suffix.lower()
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix)
+    if opener is not None:
+        return opener(path, "rt", encoding="utf-8-sig", newline="")
+    if suffix == ".zip":
+        archive = zipfile.ZipFile(path)
+        return io.TextIOWrapper(archive.open(archive.namelist()[0]), "utf-8-sig", newline="")
+    return path.open(encoding="utf-8-sig", newline="")
+
+
+def _check_row_lengths(path: Path, *, what: str) -> None:
+    """Every non-blank row has as many fields as the header names.
+
+    Trailing empty header cells (NIH's 2017 header ends in a comma) are not counted, and a row
+    may omit them; a row may carry empty extra fields (a trailing comma).
+    """
+    with _open_text(path) as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        named = len(header)
+        while named and not header[named - 1].strip():
+            named -= 1
+        for row in reader:
+            if not row or is_blank(row):
+                continue
+            if len(row) < named or any(v.strip() for v in row[len(header) :]):
+                problem = (
+                    "a short row: a missing field shifts the columns after it"
+                    if len(row) < named
+                    else "a long row: an unquoted comma or a field too many"
+                )
+                raise DataError(
+                    f"{path}:line {reader.line_num}: {len(row)} fields where the header has "
+                    f"{named} ({problem}; fix the {what})"
+                )
 
 
 def rows_of(df: pd.DataFrame, *, path: Path) -> Iterator[tuple[str, dict[str, str]]]:
