@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from cxrkit.data.records import Record
+from cxrkit.errors import DataError
 
 
 class Finding(NamedTuple):
@@ -96,3 +97,32 @@ def expand_records(records: Sequence[Record], entries: Sequence[str]) -> list[Re
                 labels[group.name] = value
         out.append(dataclasses.replace(record, labels=labels))
     return out
+
+
+def check_labelled(
+    records: Sequence[Record], entries: Sequence[str], *, what: str, where: str
+) -> None:
+    """Every entry is labelled (through any member) in at least one record's labels or boxes.
+
+    A finding no record has would train an output on nothing but "unknown" and score it on
+    nothing: most often a misspelling (``Efusion``) or a table of another source.
+
+    Args:
+        what: the config key listing ``entries`` (``findings``, ``classes``...), for the message.
+        where: the records' origin (manifest and split), for the message.
+
+    Raises:
+        DataError: naming the findings no record has and the label names the records do have.
+    """
+    present: set[str] = set()
+    for record in records:
+        present.update(record.labels)
+        present.update(box.finding for box in record.boxes)
+    missing = [f.name for f in map(parse, entries) if not any(m in present for m in f.members)]
+    if missing:
+        shown = sorted(present)
+        listed = ", ".join(repr(n) for n in shown[:20]) + (" ..." if len(shown) > 20 else "")
+        raise DataError(
+            f"{where}: {what} names {', '.join(repr(m) for m in missing)}, which no record has a "
+            f"label or box for (the records have: {listed or 'no labels at all'})"
+        )

@@ -12,6 +12,7 @@ so a manifest can be compared with the papers that use the source.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -250,3 +251,29 @@ def normalize_view(value: object) -> str:
     if text in _VIEWS:
         return _VIEWS[text]
     return _VIEWS.get(text.replace("_", " "), "unknown")
+
+
+#: ``Record.meta`` key of a view string :func:`normalize_view` does not know (the record's view is
+#: then ``"unknown"``); ``cxrkit prepare`` counts them in its summary and the manifest's warnings.
+VIEW_UNRECOGNISED = "view_unrecognised"
+
+
+def unrecognised_view(value: object) -> str | None:
+    """``value`` stripped when it is a non-empty view string that maps to ``"unknown"``, else
+    None (a known view, or no view given: an absent view is not a misspelt one)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value.strip() if normalize_view(value) == "unknown" else None
+
+
+def view_warning(raw_views: Iterable[str]) -> str | None:
+    """One summary line for the unrecognised view strings of a manifest's records, or None."""
+    counts = Counter(raw_views)
+    if not counts:
+        return None
+    shown = ", ".join(f"{text!r} {n}" for text, n in counts.most_common(5))
+    more = f" and {len(counts) - 5} more spellings" if len(counts) > 5 else ""
+    return (
+        f"{sum(counts.values())} images have a view cxrkit does not read as PA, AP or LL "
+        f"({shown}{more}): their view is 'unknown' (meta[{VIEW_UNRECOGNISED!r}] keeps the string)"
+    )

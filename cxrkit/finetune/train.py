@@ -21,6 +21,7 @@ from cxrkit import engine, io
 from cxrkit.config import to_dict
 from cxrkit.data import augmentation, datasets
 from cxrkit.data.cache import Cache
+from cxrkit.data.findings import check_labelled
 from cxrkit.data.records import Record
 from cxrkit.errors import CheckpointError, DataError
 from cxrkit.finetune.config import AugmentConfig, FinetuneConfig, config_from_dict
@@ -87,6 +88,8 @@ def fit(config: FinetuneConfig, *, resume: str | Path | bool = "auto") -> engine
         train_raw, config=config, train=True, seed=config.trainer.seed
     )
     val_records = detection_records(val_raw, config=config, train=False)
+    where = f"{data.manifest} (split {data.train_split!r})"
+    check_labelled(train_records, config.classes, what="classes", where=where)
     log.info(
         "detector: %d training images (%d without boxes), %d validation images; fusion %s",
         len(train_records),

@@ -36,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from cxrkit import engine, io
 from cxrkit.data.cache import Cache
+from cxrkit.data.findings import check_labelled
 from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
 from cxrkit.errors import ConfigError, DataError
@@ -149,6 +150,19 @@ def risk_groups(config: MultiTaskConfig) -> dict[str, list[str]]:
             if spelling not in out[group]:
                 out[group].append(spelling)
     return out
+
+
+def check_diseases(config: MultiTaskConfig, records: Sequence[Record], *, where: str) -> None:
+    """Every disease, and so every disease a risk group names, is labelled in some record.
+
+    Raises:
+        DataError: naming the risk group and the disease no record has (the group's rows of the
+            screening tables would be empty), or the disease when no group names it.
+    """
+    for group, names in config.screening.groups().items():
+        entries = [d for d in config.screening.diseases if parse_finding(d)[0] in names]
+        check_labelled(records, entries, what=f"screening.risk_groups group {group!r}", where=where)
+    check_labelled(records, config.screening.diseases, what="screening.diseases", where=where)
 
 
 def write_risk_groups(config: MultiTaskConfig, path: Path) -> Path:
@@ -297,6 +311,7 @@ def fit_ensemble(config: MultiTaskConfig, *, resume: str | bool = "auto") -> eng
     train_records = run.records[data.train_split]
     if not train_records:
         raise DataError(f"{data.manifest}: no record in split {data.train_split!r} to train on")
+    check_diseases(config, train_records, where=f"{data.manifest} (split {data.train_split!r})")
     paths = [
         train_member(
             config=config,

@@ -24,6 +24,7 @@ from cxrkit import engine, io
 from cxrkit.config import TrainerConfig, to_dict
 from cxrkit.data import augmentation, datasets
 from cxrkit.data.cache import Cache
+from cxrkit.data.findings import check_labelled
 from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
 from cxrkit.errors import CheckpointError, DataError
@@ -266,6 +267,8 @@ def fit_multilabel(
     train_records, val_records = run.records[data.train_split], run.records[data.val_split]
     if not train_records:
         raise DataError(f"{data.manifest}: no record in split {data.train_split!r} to train on")
+    where = f"{data.manifest} (split {data.train_split!r})"
+    check_labelled(train_records, config.findings, what="findings", where=where)
     has_val = bool(val_records)
     heads = _report_heads(config, train_records, out)
     monitor = config.selection if has_val else "train/loss_epoch"

@@ -45,7 +45,9 @@ from cxrkit.data.vocab import (
     CHESTXDET,
     CHESTXDET_FINDINGS,
     CHESTXDET_NO_FINDING,
+    VIEW_UNRECOGNISED,
     normalize_view,
+    unrecognised_view,
 )
 from cxrkit.errors import DataError, ImageReadError, MissingFileError
 from cxrkit.io import atomic_write
@@ -57,10 +59,11 @@ LABEL_NAMES = (*CHESTXDET_FINDINGS, CHESTXDET_NO_FINDING)
 
 
 def read_views(path: str | Path) -> dict[str, str]:
-    """``file_name -> view`` (PA/AP/LL/unknown) from a CSV with columns ``file_name, view``."""
+    """``file_name -> view`` as written (map it with :func:`normalize_view`) from a CSV with columns
+    ``file_name, view``."""
     df = read_csv(path, required=("file_name", "view"), what="views CSV")
     return {
-        Path(name.strip()).name: normalize_view(view)
+        Path(name.strip()).name: view
         for name, view in zip(df["file_name"], df["view"], strict=True)
         if name.strip()
     }
@@ -197,18 +200,22 @@ def load_chestxdet(
                 issues.add(exc, image_id=image_id)
                 continue
             seen.add(image_id)
+            view = view_of.get(Path(name).name, "")
+            meta: dict[str, Any] = {"size_assumed": True} if metadata_only else {}
+            if unrecognised_view(view):
+                meta[VIEW_UNRECOGNISED] = view.strip()
             record = Record(
                 image_id=image_id,
                 source=SOURCE,
                 path=str(file) if file is not None else str(root / split / name),
                 patient_id=image_id,
-                view=view_of.get(Path(name).name, "unknown"),
+                view=normalize_view(view),
                 split=split,
                 labels={n: int(n in findings) for n in CHESTXDET_FINDINGS}
                 | {CHESTXDET_NO_FINDING: int(not findings)},
                 width=CHESTXDET_SIZE,
                 height=CHESTXDET_SIZE,
-                meta={"size_assumed": True} if metadata_only else {},
+                meta=meta,
             )
             shapes = [
                 (f, b, polygons[j] if polygons else [])

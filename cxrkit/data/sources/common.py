@@ -448,6 +448,7 @@ def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSumm
     """
     from cxrkit.data.records import write_manifest
     from cxrkit.data.splits import patients_in_several_splits
+    from cxrkit.data.vocab import VIEW_UNRECOGNISED, view_warning
 
     records, issues = prepared.records, prepared.issues
     errors = errors_csv_for(out)
@@ -458,7 +459,13 @@ def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSumm
             f"{root}: no usable images"
             + (f" ({len(issues)} skipped, see {errors})" if issues else "")
         )
-    write_manifest(records, out, warnings=prepared.warnings)
+    warnings = list(prepared.warnings)
+    unrecognised = view_warning(
+        r.meta[VIEW_UNRECOGNISED] for r in records if r.meta.get(VIEW_UNRECOGNISED)
+    )
+    if unrecognised is not None:
+        warnings.append(unrecognised)
+    write_manifest(records, out, warnings=warnings)
     write_errors(issues, out=out)
     return ManifestSummary(
         path=out,
@@ -470,6 +477,6 @@ def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSumm
         leaked=patients_in_several_splits(records),
         skipped=len(issues),
         errors_file=errors if issues else None,
-        warnings=list(prepared.warnings),
+        warnings=warnings,
         notes=list(prepared.notes),
     )

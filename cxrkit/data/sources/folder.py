@@ -48,7 +48,13 @@ from cxrkit.data.sources.common import (
     resolve_input,
     split_fractions,
 )
-from cxrkit.data.vocab import ClassTable, normalize_view, open_table
+from cxrkit.data.vocab import (
+    VIEW_UNRECOGNISED,
+    ClassTable,
+    normalize_view,
+    open_table,
+    unrecognised_view,
+)
 from cxrkit.errors import ConfigError, DataError, ImageReadError, MissingFileError
 
 PATIENT_ID_FROM = "patient_id_from"  # meta key: set to "image_id" where the patient id is a guess
@@ -267,6 +273,7 @@ def _row(
         "path": path,
         "patient_id": cell("patient_id"),
         "view": normalize_view(cell("view")) if cell("view") else None,
+        "view_text": cell("view"),
         "split": _split(cell("split"), where=at) if has["split"] else "unassigned",
         "labels": labels,
         "mask_paths": masks,
@@ -287,6 +294,9 @@ def _records(rows: list[dict[str, Any]], *, source: str, issues: Issues) -> dict
         meta: dict[str, Any] = {}
         if header["pixel_spacing"]:
             meta["pixel_spacing"] = header["pixel_spacing"]
+        text = row["view_text"] if row["view"] else header["view_position"]
+        if unrecognised_view(text):
+            meta[VIEW_UNRECOGNISED] = text.strip()
         patient_id = row["patient_id"] or header["patient_id"]
         if not patient_id:  # nothing says whose image this is: one patient per image, flagged
             patient_id = row["image_id"]
@@ -371,6 +381,7 @@ def load_folder(
             "path": path,
             "patient_id": "",
             "view": None,
+            "view_text": "",
             "split": "unassigned",
             "labels": {},
             "mask_paths": {},

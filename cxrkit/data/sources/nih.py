@@ -41,7 +41,14 @@ from cxrkit.data.sources.common import (
     resolve_input,
     split_fractions,
 )
-from cxrkit.data.vocab import NIH, NIH_FINDINGS, NIH_NO_FINDING, normalize_view
+from cxrkit.data.vocab import (
+    NIH,
+    NIH_FINDINGS,
+    NIH_NO_FINDING,
+    VIEW_UNRECOGNISED,
+    normalize_view,
+    unrecognised_view,
+)
 from cxrkit.errors import DataError, ImageReadError, MissingFileError
 
 SOURCE = "nih"
@@ -213,6 +220,8 @@ def load_nih(
         }
         if metadata_only:
             meta["size_assumed"] = True
+        if unrecognised_view(view):
+            meta[VIEW_UNRECOGNISED] = view
         records[image_id] = Record(
             image_id=image_id,
             source=SOURCE,

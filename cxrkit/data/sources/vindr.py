@@ -56,6 +56,7 @@ from cxrkit.data.sources.common import (
     split_fractions,
 )
 from cxrkit.data.vocab import (
+    VIEW_UNRECOGNISED,
     VINDR,
     VINDR_GLOBAL,
     VINDR_KAGGLE,
@@ -63,6 +64,7 @@ from cxrkit.data.vocab import (
     VINDR_LOCAL,
     VINDR_NO_FINDING,
     ClassTable,
+    unrecognised_view,
 )
 from cxrkit.errors import DataError, ImageReadError, MissingFileError
 
@@ -415,6 +417,8 @@ def _to_records(
         }
         if header.get("pixel_spacing"):
             meta["pixel_spacing"] = header["pixel_spacing"]
+        if unrecognised_view(header["view_position"]):
+            meta[VIEW_UNRECOGNISED] = header["view_position"]
         records.append(
             Record(
                 image_id=image.image_id,
