@@ -45,6 +45,11 @@ VINDR_EPILOG = """examples:
   # Kaggle VinBigData: train.csv (14 classes + "No finding") and train/*.dicom
   cxrkit prepare vindr --root /data/vinbigdata --layout kaggle --out vinbig.parquet
 
+  # the Kaggle train.csv alone (no DICOMs here): classes, boxes and splits checked, the sizes
+  # of absent images assumed from their boxes (headers are read where the DICOMs are present)
+  cxrkit prepare vindr --root /data/vinbigdata-csv --layout kaggle --metadata-only \\
+      --out vinbig-meta.parquet
+
 A finding is 1 for an image if ANY reader marked it; meta["votes"] keeps how many readers did.
 Every reader's box is kept with its rad_id as the box's reader (fusion happens in finetune).
 VinDr is de-identified: patient_id is the DICOM PatientID when present, else the image_id.
@@ -198,6 +203,12 @@ def register(subparsers: Any) -> None:
         help="put the images a COCO JSON or id-list FILE names into SPLIT (repeatable); the rest "
         "is split by patient with --split-fractions among the splits without a file",
     )
+    vindr.add_argument(
+        "--metadata-only",
+        action="store_true",
+        help="keep listed images that are absent (sizes assumed from their boxes): checks the "
+        "CSV files, e.g. Kaggle's 67,914-row train.csv, without the images",
+    )
     vindr.set_defaults(func=prepare_vindr)
 
     det = add("chestxdet", "ChestX-Det (ChestX_Det_{train,test}.json)", CHESTXDET_EPILOG)
@@ -313,6 +324,7 @@ def prepare_vindr(args: argparse.Namespace) -> int:
         fractions=args.split_fractions,
         abnormal_only=args.abnormal_only,
         split_from=parse_split_from(args.split_from),
+        metadata_only=args.metadata_only,
         **_run_options(args),
     )
     return finish(prepared, args)

@@ -32,14 +32,25 @@ Record contract:
   DICOM header. VinDr-CXR is de-identified: PatientID is usually empty, and the image_id is used
   instead, so images of one patient cannot be grouped (none are known to repeat).
 - ``split``: PhysioNet's train/test files give the split; the Kaggle layout leaves it unassigned.
+
+Metadata only (``metadata_only=True``, ``cxrkit prepare vindr --metadata-only``): the DICOMs that
+are there are read for their headers only (``stop_before_pixels``: size, ViewPosition, PatientID,
+as always), and a listed image that is absent is kept instead of refused, so that the 67,914-row
+Kaggle ``train.csv`` can be checked without its 200 GB of images. An absent image's size is
+unknown: the record holds the smallest size containing its boxes (1 x 1 without boxes) with
+``meta["size_assumed"] = True``, its view is ``unknown`` and its patient id its image id. Such a
+manifest is for checking labels, boxes and splits; ``cxrkit preprocess`` refuses its absent images
+(the decoded size never matches), so prepare again once the images are there.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cxrkit.data.records import Box, Record, check_box
 from cxrkit.data.sources.common import (
@@ -124,13 +135,18 @@ def detect_layout(root: Path) -> str:
 
 
 def load_vindr(
-    *, root: str | Path, layout: str = "auto", issues: Issues | None = None
+    *,
+    root: str | Path,
+    layout: str = "auto",
+    metadata_only: bool = False,
+    issues: Issues | None = None,
 ) -> tuple[list[Record], bool]:
     """Read VinDr-CXR under ``root``.
 
     Args:
         root: the dataset folder (see the module docstring for both layouts).
         layout: ``"physionet"``, ``"kaggle"`` or ``"auto"`` (detected from the files).
+        metadata_only: keep listed images that are absent, size assumed (module docstring).
         issues: where row problems go (default: raised).
 
     Returns:
@@ -181,7 +197,7 @@ def load_vindr(
             issues=issues,
         )
         table = VINDR_KAGGLE
-    records = _to_records(root, images, table=table, issues=issues)
+    records = _to_records(root, images, table=table, metadata_only=metadata_only, issues=issues)
     return records, layout == "physionet"
 
 
@@ -195,6 +211,7 @@ def prepare_vindr(
     on_error: str = "fail",
     abnormal_only: bool = False,
     split_from: Mapping[str, str | Path] | None = None,
+    metadata_only: bool = False,
 ) -> Prepared:
     """VinDr-CXR as split records (``cxrkit prepare vindr``): PhysioNet's train/test kept with
     ``val_fraction`` of the train patients moved to val; Kaggle's images split by patient with
@@ -206,12 +223,22 @@ def prepare_vindr(
         split_from: split -> a COCO JSON or id-list file whose images go to that split
             (:func:`cxrkit.data.splits.splits_from_files`); the other images are split by patient
             with ``fractions`` among the splits without a file. Replaces the official split.
+        metadata_only: see :func:`load_vindr`; the summary says how many sizes are assumed.
     """
     from cxrkit.data import splits
 
     issues = Issues(on_error=on_error)
-    records, official = load_vindr(root=root, layout=layout, issues=issues)
+    records, official = load_vindr(
+        root=root, layout=layout, metadata_only=metadata_only, issues=issues
+    )
     warnings: list[str] = []
+    assumed = sum(bool(r.meta.get("size_assumed")) for r in records)
+    if assumed:
+        warnings.append(
+            f"metadata only: {assumed} of {len(records)} images are absent; their size is the "
+            "extent of their boxes (meta['size_assumed']), their view unknown and their patient "
+            "id their image id; prepare again with the images before preprocessing"
+        )
     if abnormal_only:
         kept = abnormal_records(records)
         warnings.append(
@@ -372,31 +399,49 @@ def _image(images: dict[str, _Image], image_id: str, *, split: str, where: str) 
 
 
 def _to_records(
-    root: Path, images: dict[str, _Image], *, table: ClassTable, issues: Issues
+    root: Path,
+    images: dict[str, _Image],
+    *,
+    table: ClassTable,
+    metadata_only: bool,
+    issues: Issues,
 ) -> list[Record]:
     files = index_files(
         [root / "train", root / "test"], suffixes=_IMAGE_SUFFIXES, key=lambda p: p.stem
     )
-    if not files:
+    if not files and not metadata_only:
         raise MissingFileError(
-            f"{root}: no images in train/ or test/ (VinDr-CXR ships them as <image_id>.dicom)"
+            f"{root}: no images in train/ or test/ (VinDr-CXR ships them as <image_id>.dicom); "
+            "to check the CSV files alone, pass --metadata-only (sizes assumed)"
         )
     present: list[_Image] = []
+    absent: dict[str, dict[str, Any]] = {}
     for image in images.values():
         if image.failed:
             continue
         if image.image_id in files:
             present.append(image)
+        elif metadata_only:
+            present.append(image)
+            absent[image.image_id] = _assumed_header(image)
         else:
             issues.add(
                 ImageReadError(
                     f"{image.where}: image {image.image_id} is listed but "
                     f"{root}/{image.split if image.split != 'unassigned' else 'train'}/"
-                    f"{image.image_id}.dicom is not there"
+                    f"{image.image_id}.dicom is not there (pass --metadata-only to keep it)"
                 ),
                 image_id=image.image_id,
             )
-    headers = read_many(probe_image, [files[image.image_id] for image in present])
+    on_disk = [image for image in present if image.image_id not in absent]
+    read = dict(
+        zip(
+            (image.image_id for image in on_disk),
+            read_many(probe_image, [files[image.image_id] for image in on_disk]),
+            strict=True,
+        )
+    )
+    headers = [absent.get(image.image_id) or read[image.image_id] for image in present]
     records = []
     for image, header in zip(present, headers, strict=True):
         if not isinstance(header, dict):
@@ -415,6 +460,8 @@ def _to_records(
             "readers": sorted(image.readers),
             "patient_id_from": "dicom" if header["patient_id"] else "image_id",
         }
+        if image.image_id in absent:
+            meta["size_assumed"] = True
         if header.get("pixel_spacing"):
             meta["pixel_spacing"] = header["pixel_spacing"]
         if unrecognised_view(header["view_position"]):
@@ -423,7 +470,7 @@ def _to_records(
             Record(
                 image_id=image.image_id,
                 source=SOURCE,
-                path=str(files[image.image_id]),
+                path=str(files.get(image.image_id) or _assumed_path(root, image)),
                 patient_id=header["patient_id"] or image.image_id,
                 view=header["view"],
                 split=image.split,
@@ -435,3 +482,23 @@ def _to_records(
             )
         )
     return records
+
+
+def _assumed_path(root: Path, image: _Image) -> Path:
+    """Where an absent image would be: ``<root>/<split>/<image_id>.dicom`` (Kaggle: train/)."""
+    folder = image.split if image.split in ("train", "test") else "train"
+    return root / folder / f"{image.image_id}.dicom"
+
+
+def _assumed_header(image: _Image) -> dict[str, Any]:
+    """:func:`probe_image`'s fields for an absent image: the smallest size holding its boxes."""
+    width = max([1, *(math.ceil(box.x2) for box, _ in image.boxes)])
+    height = max([1, *(math.ceil(box.y2) for box, _ in image.boxes)])
+    return {
+        "width": width,
+        "height": height,
+        "view": "unknown",
+        "view_position": "",
+        "patient_id": "",
+        "pixel_spacing": None,
+    }
