@@ -319,6 +319,12 @@ def probe_image(path: Path) -> dict[str, Any]:
         }
     width, height = image_size(path)
     check_min_size(width, height, path=path)
+    return size_only_header(width, height)
+
+
+def size_only_header(width: int, height: int) -> dict[str, Any]:
+    """:func:`probe_image`'s fields for an image that has nothing but a size (PNG/JPEG, or an
+    absent image's assumed size): view unknown, no patient id, no pixel spacing."""
     return {
         "width": width,
         "height": height,

@@ -64,6 +64,7 @@ from cxrkit.data.sources.common import (
     read_csv,
     read_many,
     rows_of,
+    size_only_header,
     split_fractions,
 )
 from cxrkit.data.vocab import (
@@ -492,13 +493,7 @@ def _assumed_path(root: Path, image: _Image) -> Path:
 
 def _assumed_header(image: _Image) -> dict[str, Any]:
     """:func:`probe_image`'s fields for an absent image: the smallest size holding its boxes."""
-    width = max([1, *(math.ceil(box.x2) for box, _ in image.boxes)])
-    height = max([1, *(math.ceil(box.y2) for box, _ in image.boxes)])
-    return {
-        "width": width,
-        "height": height,
-        "view": "unknown",
-        "view_position": "",
-        "patient_id": "",
-        "pixel_spacing": None,
-    }
+    return size_only_header(
+        max([1, *(math.ceil(box.x2) for box, _ in image.boxes)]),
+        max([1, *(math.ceil(box.y2) for box, _ in image.boxes)]),
+    )
