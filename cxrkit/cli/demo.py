@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from cxrkit.demo import run_demo
+    from cxrkit.io import check_output_dir
+
+    check_output_dir(args.out)  # before the synthetic data is made: a file there fails at once
 
     report = run_demo(out_dir=args.out, quick=args.quick, seed=args.seed)
     print(f"report: {report}")

@@ -14,6 +14,7 @@ from typing import Any
 from cxrkit.cli.common import add_command, options
 from cxrkit.data import sources
 from cxrkit.data.sources.common import DEFAULT_FRACTIONS, ON_ERROR
+from cxrkit.io import check_output_file
 
 COMMON_EPILOG = """
 Every subcommand writes one Parquet manifest (--out) and, with --on-error skip, a CSV of the
@@ -302,6 +303,7 @@ def register(subparsers: Any) -> None:
 
 def prepare_nih(args: argparse.Namespace) -> int:
     """``cxrkit prepare nih``."""
+    check_output_file(args.out)  # before any work: a typo fails in a second
     prepared = sources.prepare_nih(
         **options(args, "root", "data_entry", "bbox_list", "train_val_list", "test_list"),
         metadata_only=args.metadata_only,
@@ -316,6 +318,7 @@ def prepare_nih(args: argparse.Namespace) -> int:
 
 def prepare_vindr(args: argparse.Namespace) -> int:
     """``cxrkit prepare vindr``."""
+    check_output_file(args.out)
     from cxrkit.data.splits import parse_split_from
 
     prepared = sources.prepare_vindr(
@@ -332,6 +335,7 @@ def prepare_vindr(args: argparse.Namespace) -> int:
 
 def prepare_chestxdet(args: argparse.Namespace) -> int:
     """``cxrkit prepare chestxdet``; masks go to ``<out_stem>_masks/`` unless ``--no-masks``."""
+    check_output_file(args.out)
     prepared = sources.prepare_chestxdet(
         **options(args, "root", "train_json", "test_json", "views", "metadata_only"),
         masks_dir=None if args.no_masks else sources.masks_dir_for(args.out),
@@ -347,6 +351,7 @@ def prepare_chestxdet(args: argparse.Namespace) -> int:
 
 def prepare_csv(args: argparse.Namespace) -> int:
     """``cxrkit prepare csv``."""
+    check_output_file(args.out)
     from cxrkit.data.sources import folder
 
     prepared = sources.prepare_csv(
@@ -365,6 +370,7 @@ def prepare_csv(args: argparse.Namespace) -> int:
 def prepare_organs(args: argparse.Namespace) -> int:
     """``cxrkit prepare {jsrt,montgomery,shenzhen}``; masks go to ``<out_stem>_masks/``, JSRT's
     PNG copies to ``<out_stem>_images/``."""
+    check_output_file(args.out)
     prepared = sources.prepare_organ_set(
         source=args.source,
         root=args.root,
@@ -380,6 +386,7 @@ def prepare_organs(args: argparse.Namespace) -> int:
 
 def prepare_masks(args: argparse.Namespace) -> int:
     """``cxrkit prepare masks``: the manifest's records with organ masks attached by image id."""
+    check_output_file(args.out)
     from cxrkit.data.records import manifest_warnings, read_manifest
     from cxrkit.errors import ConfigError
 
