@@ -9,10 +9,13 @@ line and the words its one error line must hold, and lists the files that exist 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import lightning  # noqa: F401  (see below)
@@ -379,29 +382,41 @@ def training(tmp: Path, stage: str, *overrides: str, labels: dict[str, int] | No
     return Case(argv, (), keep=[manifest, *images])
 
 
-def case_nih_short_row(tmp: Path) -> Case:
-    c = nih(tmp, "00000001_000.png,No Finding,0,1,50,M,PA\n")
-    return with_needles(c, "Data_Entry_2017.csv:line 2", "7 fields where the header has 11")
+# Cases that differ only in the rows of one file: (builder, file text, needles of the error line).
+A_PNG = {"a.png": None}
+ROW_CASES: dict[str, tuple[Callable[..., Case], str, dict[str, Any], tuple[str, ...]]] = {
+    "nih_short_row": (nih, "00000001_000.png,No Finding,0,1,50,M,PA\n", {},
+                      ("Data_Entry_2017.csv:line 2", "7 fields where the header has 11")),
+    "nih_image_missing": (nih, "00000002_000.png,No Finding,0,2,50,M,PA,2500,2048,0.14,0.14\n",
+                          {}, ("line 2", "00000002_000.png is listed but not found")),
+    "nih_unknown_finding": (nih, "00000001_000.png,Efusion,0,1,50,M,PA,2500,2048,0.14,0.14\n",
+                            {}, ("line 2", "Efusion")),
+    "nih_empty_patient": (nih, "00000001_000.png,No Finding,0,,50,M,PA,2500,2048,0.14,0.14\n",
+                          {}, ("line 2", "empty 'Patient ID'")),
+    "vindr_short_row": (vindr_kaggle, "k1,No finding,14,R1\n", {},
+                        ("train.csv:line 2", "4 fields where the header has 8")),
+    "vindr_class_id_mismatch": (vindr_kaggle, "k1,Nodule/Mass,3,R1,1,1,20,20\n", {},
+                                ("train.csv:line 2", "class_id 3")),
+    "vindr_box_off_image": (vindr_kaggle, "k1,Nodule/Mass,8,R1,10,10,90,20\n", {},
+                            ("line 2", "outside the 64x64 image")),
+    "csv_short_row": (own_csv, "path,patient_id,view\na.png,P1,PA\nb.png,P2\n",
+                      {"images": A_PNG}, ("labels.csv:line 3", "2 fields where the header has 3")),
+    "csv_long_row": (own_csv, "path,patient_id\na.png,P1,PA\n", {"images": A_PNG},
+                     ("labels.csv:line 2", "3 fields where the header has 2", "long row")),
+    "csv_missing_path_column": (own_csv, "file,patient_id\na.png,P1\n", {"images": A_PNG},
+                                ("labels.csv", "'path'")),
+    "csv_image_missing": (own_csv, "path,patient_id\nnope.png,P1\n", {"images": {}},
+                          ("labels.csv:line 2", "nope.png")),
+    "csv_no_patient_id": (own_csv, "path,view\na.png,PA\n", {"images": A_PNG},
+                          ("patient", "--no-patient-ids")),
+    "csv_unknown_split": (own_csv, "path,patient_id,split\na.png,P1,holdout\n",
+                          {"images": A_PNG}, ("labels.csv:line 2", "holdout")),
+}  # fmt: skip
 
 
-def case_nih_image_missing(tmp: Path) -> Case:
-    c = nih(tmp, "00000002_000.png,No Finding,0,2,50,M,PA,2500,2048,0.14,0.14\n")
-    return with_needles(c, "line 2", "00000002_000.png is listed but not found")
-
-
-def case_nih_unknown_finding(tmp: Path) -> Case:
-    c = nih(tmp, "00000001_000.png,Efusion,0,1,50,M,PA,2500,2048,0.14,0.14\n")
-    return with_needles(c, "line 2", "Efusion")
-
-
-def case_nih_empty_patient(tmp: Path) -> Case:
-    c = nih(tmp, "00000001_000.png,No Finding,0,,50,M,PA,2500,2048,0.14,0.14\n")
-    return with_needles(c, "line 2", "empty 'Patient ID'")
-
-
-def case_vindr_short_row(tmp: Path) -> Case:
-    c = vindr_kaggle(tmp, "k1,No finding,14,R1\n")
-    return with_needles(c, "train.csv:line 2", "4 fields where the header has 8")
+def row_case(name: str, tmp: Path) -> Case:
+    builder, text, options, needles = ROW_CASES[name]
+    return with_needles(builder(tmp, text, **options), *needles)
 
 
 def case_vindr_multiframe(tmp: Path) -> Case:
@@ -415,44 +430,9 @@ def case_vindr_tiny_dicom(tmp: Path) -> Case:
     return with_needles(c, "k1.dicom", "8x8 pixels, smaller than 16 px")
 
 
-def case_vindr_class_id_mismatch(tmp: Path) -> Case:
-    c = vindr_kaggle(tmp, "k1,Nodule/Mass,3,R1,1,1,20,20\n")
-    return with_needles(c, "train.csv:line 2", "class_id 3")
-
-
-def case_vindr_box_off_image(tmp: Path) -> Case:
-    c = vindr_kaggle(tmp, "k1,Nodule/Mass,8,R1,10,10,90,20\n")
-    return with_needles(c, "line 2", "outside the 64x64 image")
-
-
 def case_vindr_csv_without_images(tmp: Path) -> Case:
     c = vindr_kaggle(tmp, "k1,No finding,14,R1,,,,\n", dicoms={})
     return with_needles(c, "no images in train/ or test/", "--metadata-only")
-
-
-def case_csv_short_row(tmp: Path) -> Case:
-    c = own_csv(tmp, "path,patient_id,view\na.png,P1,PA\nb.png,P2\n", images={"a.png": None})
-    return with_needles(c, "labels.csv:line 3", "2 fields where the header has 3")
-
-
-def case_csv_long_row(tmp: Path) -> Case:
-    c = own_csv(tmp, "path,patient_id\na.png,P1,PA\n", images={"a.png": None})
-    return with_needles(c, "labels.csv:line 2", "3 fields where the header has 2", "long row")
-
-
-def case_csv_missing_path_column(tmp: Path) -> Case:
-    c = own_csv(tmp, "file,patient_id\na.png,P1\n", images={"a.png": None})
-    return with_needles(c, "labels.csv", "'path'")
-
-
-def case_csv_image_missing(tmp: Path) -> Case:
-    c = own_csv(tmp, "path,patient_id\nnope.png,P1\n", images={})
-    return with_needles(c, "labels.csv:line 2", "nope.png")
-
-
-def case_csv_no_patient_id(tmp: Path) -> Case:
-    c = own_csv(tmp, "path,view\na.png,PA\n", images={"a.png": None})
-    return with_needles(c, "patient", "--no-patient-ids")
 
 
 def case_csv_one_pixel_image(tmp: Path) -> Case:
@@ -464,11 +444,6 @@ def case_csv_decompression_bomb(tmp: Path) -> Case:
     c = own_csv(tmp, "path,patient_id\nbomb.png,P1\n", images={})
     png_bomb(tmp / "hospital" / "bomb.png")
     return with_needles(c, "bomb.png", "20000x20000", "decompression bomb")
-
-
-def case_csv_unknown_split(tmp: Path) -> Case:
-    c = own_csv(tmp, "path,patient_id,split\na.png,P1,holdout\n", images={"a.png": None})
-    return with_needles(c, "labels.csv:line 2", "holdout")
 
 
 def case_folder_empty(tmp: Path) -> Case:
@@ -622,20 +597,20 @@ def case_multitask_predict_model_is_text(tmp: Path) -> Case:
     return Case(argv, ("model.pt",), keep=[model])
 
 
-def case_eval_predictions_missing_column(tmp: Path) -> Case:
+def eval_case(tmp: Path, predictions_text: str, *needles: str) -> Case:
     manifest = manifest_of(tmp, png(tmp / "src" / "a.png"), labels={"Effusion": 1})
-    predictions = earlier(tmp / "p.csv", "image_id,finding\na,Effusion\n")
+    predictions = earlier(tmp / "p.csv", predictions_text)
     argv = ["eval", "classification", "--predictions", predictions, "--manifest", manifest,
             "--out", tmp / "report"]  # fmt: skip
-    return Case(argv, ("p.csv", "score"), keep=[manifest, predictions])
+    return Case(argv, ("p.csv", *needles), keep=[manifest, predictions])
+
+
+def case_eval_predictions_missing_column(tmp: Path) -> Case:
+    return eval_case(tmp, "image_id,finding\na,Effusion\n", "missing ['score']")
 
 
 def case_eval_predictions_short_row(tmp: Path) -> Case:
-    manifest = manifest_of(tmp, png(tmp / "src" / "a.png"), labels={"Effusion": 1})
-    predictions = earlier(tmp / "p.csv", "image_id,finding,score\na,Effusion\n")
-    argv = ["eval", "classification", "--predictions", predictions, "--manifest", manifest,
-            "--out", tmp / "report"]  # fmt: skip
-    return Case(argv, ("p.csv", "line 2"), keep=[manifest, predictions])
+    return eval_case(tmp, "image_id,finding,score\na,Effusion\n", "line 2")
 
 
 def case_export_predictions_not_torch(tmp: Path) -> Case:
@@ -667,7 +642,10 @@ def case_synth_out_is_a_file(tmp: Path) -> Case:
     return Case(["synth", "--out", out, "--n", "2"], ("synth", "not a folder"), keep=[out])
 
 
-CASES = {n.removeprefix("case_"): f for n, f in sorted(globals().items()) if n.startswith("case_")}
+CASES: dict[str, Callable[[Path], Case]] = {
+    **{n.removeprefix("case_"): f for n, f in globals().items() if n.startswith("case_")},
+    **{name: functools.partial(row_case, name) for name in ROW_CASES},
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
