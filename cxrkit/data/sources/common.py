@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import warnings
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -114,13 +115,18 @@ def read_csv(
     if not path.is_file():
         raise MissingFileError(f"{path}: {what} not found")
     try:
-        df = pd.read_csv(
-            path,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=False,
-            encoding="utf-8-sig",
-        )
+        with warnings.catch_warnings():
+            # index_col=False drops the fields past the header, with a warning; the row check
+            # below refuses every row whose dropped fields are not empty.
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=False,
+                skip_blank_lines=False,
+                encoding="utf-8-sig",
+                index_col=False,  # rows ending in a comma would otherwise shift into an index
+            )
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: {what} is empty") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
