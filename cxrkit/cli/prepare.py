@@ -151,6 +151,12 @@ def register(subparsers: Any) -> None:
     )
     common.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     common.add_argument(
+        "--strict-views",
+        action="store_true",
+        help="a view string that is not PA, AP, LL or a known spelling is an error (default: the "
+        "view is 'unknown', counted in a warning and kept in meta['view_unrecognised'])",
+    )
+    common.add_argument(
         "--on-error",
         choices=ON_ERROR,
         default="fail",
@@ -426,7 +432,9 @@ def _split_list(text: str | None) -> list[str] | None:
 
 def finish(prepared: sources.Prepared, args: argparse.Namespace) -> int:
     """Write the manifest (and errors file) and print its counts."""
-    summary = sources.write_prepared(prepared, out=args.out, root=args.root)
+    summary = sources.write_prepared(
+        prepared, out=args.out, root=args.root, strict_views=getattr(args, "strict_views", False)
+    )
     views, split_counts = summary.views, summary.splits
     print(
         f"wrote {summary.records} records ({summary.patients} patients, {summary.boxes} boxes) "

@@ -138,13 +138,16 @@ def _transfer_syntax(ds: Dataset) -> str:
     return str(uid) if uid else ""
 
 
-def _header(ds: Dataset) -> dict[str, Any]:
+def _header(ds: Dataset, path: Path) -> dict[str, Any]:
     def text(tag: str) -> str:
         return str(ds.get(tag, "") or "").strip()
 
     def integer(tag: str) -> int | None:
-        value = ds.get(tag)
-        return int(value) if value not in (None, "") else None
+        try:
+            value = ds.get(tag)
+            return int(value) if value not in (None, "") else None
+        except (TypeError, ValueError) as exc:  # e.g. NumberOfFrames "1A"
+            raise DicomReadError(f"{path}: header tag {tag} is not a number ({exc})") from None
 
     return {
         "view": _view(ds),
@@ -176,7 +179,7 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
         DicomReadError: missing, empty or non-DICOM file.
     """
     path = Path(path)
-    return _header(_read_dataset(path, stop_before_pixels=True))
+    return _header(_read_dataset(path, stop_before_pixels=True), path)
 
 
 def check_single_frame(header: dict[str, Any], *, path: str | Path) -> None:
@@ -351,7 +354,7 @@ def read_dicom_levels(
 
     path = Path(path)
     ds = _read_dataset(path, stop_before_pixels=False)
-    meta = _header(ds)
+    meta = _header(ds, path)
     if not any(tag in ds for tag in _PIXEL_TAGS):
         raise DicomReadError(f"{path}: no pixel data (is this a structured report or a header?)")
 

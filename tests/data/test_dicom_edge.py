@@ -222,3 +222,9 @@ def test_real_sample_dicoms_match_gdcm(shared_data: Path) -> None:
     assert files
     for path in files:
         np.testing.assert_array_equal(cxrkit_stored(path), gdcm_stored(path))
+
+
+def test_header_number_that_is_not_one() -> None:
+    path = pydicom_file("badVR.dcm")  # NumberOfFrames "1A"
+    with pytest.raises(DicomReadError, match="header tag NumberOfFrames is not a number"):
+        dicom.read_dicom_header(path)

@@ -448,15 +448,22 @@ class ManifestSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSummary:
+def write_prepared(
+    prepared: Prepared, *, out: Path, root: Path, strict_views: bool = False
+) -> ManifestSummary:
     """Write the manifest ``out`` and, when images were skipped, ``<out_stem>_errors.csv`` beside
     it (a stale errors file of an earlier run is removed: it would describe another manifest).
 
+    View strings no table knows (``meta["view_unrecognised"]``) are counted in one warning, kept
+    in the manifest's metadata and the summary; with ``strict_views`` they are an error instead.
+
     Args:
         root: the dataset folder, named when there is nothing to write.
+        strict_views: refuse records whose view string is not PA/AP/LL or a known spelling.
 
     Raises:
-        DataError: no usable records (the errors file, if any, is written first).
+        DataError: no usable records (the errors file, if any, is written first), or, with
+            ``strict_views``, an unrecognised view (naming the image, its file and the string).
     """
     from cxrkit.data.records import write_manifest
     from cxrkit.data.splits import patients_in_several_splits
@@ -472,9 +479,16 @@ def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSumm
             + (f" ({len(issues)} skipped, see {errors})" if issues else "")
         )
     warnings = list(prepared.warnings)
-    unrecognised = view_warning(
-        r.meta[VIEW_UNRECOGNISED] for r in records if r.meta.get(VIEW_UNRECOGNISED)
-    )
+    odd = [r for r in records if r.meta.get(VIEW_UNRECOGNISED)]
+    if odd and strict_views:
+        first = odd[0]
+        raise DataError(
+            f"{first.path}: image {first.image_id!r} has view "
+            f"{first.meta[VIEW_UNRECOGNISED]!r}, not PA, AP or LL or a known spelling of them"
+            + (f" ({len(odd) - 1} more images too)" if len(odd) > 1 else "")
+            + "; correct it at the source, or drop --strict-views to keep such views as 'unknown'"
+        )
+    unrecognised = view_warning(r.meta[VIEW_UNRECOGNISED] for r in odd)
     if unrecognised is not None:
         warnings.append(unrecognised)
     write_manifest(records, out, warnings=warnings)

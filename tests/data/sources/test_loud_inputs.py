@@ -95,3 +95,16 @@ def test_prepare_counts_unrecognised_views(tmp_path: Path, prepare) -> None:
     line = "3 images have a view cxrkit does not read as PA, AP or LL"
     assert f"warning: {line}" in stdout
     assert any(w.startswith(line) for w in manifest_warnings(out))
+
+
+def test_strict_views_refuses_them(tmp_path: Path, prepare) -> None:
+    root = tmp_path / "h"
+    root.mkdir()
+    cv2.imwrite(str(root / "a.png"), np.random.default_rng(0).integers(0, 255, (32, 32), np.uint8))
+    (root / "labels.csv").write_text("path,patient_id,view\na.png,P1,OBLIQUE\n")
+    out = tmp_path / "m.parquet"
+    argv = ("csv", "--root", root, "--csv", "labels.csv", "--out", out)
+    code, _, err = prepare(*argv, "--strict-views")
+    assert code == 1 and "a.png: image 'a' has view 'OBLIQUE'" in err and not out.exists()
+    code, _, err = prepare(*argv)
+    assert code == 0, err
