@@ -21,6 +21,7 @@ first one silently would hide a cine, a tomosynthesis stack or a multi-view file
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -230,6 +231,15 @@ def _native_first_frame(ds: Dataset) -> np.ndarray | None:
     return frame
 
 
+_PREFERRED_PLUGINS = ("pylibjpeg", "pillow")
+
+
+def _plugin_order(available: Sequence[str]) -> list[str]:
+    """pydicom's decoding plugins to try, in order: pylibjpeg, Pillow, then any other but GDCM."""
+    rest = sorted(set(available) - set(_PREFERRED_PLUGINS) - {"gdcm"})
+    return [name for name in _PREFERRED_PLUGINS if name in available] + rest
+
+
 def _decode_first_frame(ds: Dataset, path: Path) -> np.ndarray:
     native = _native_first_frame(ds)
     if native is not None:
@@ -248,17 +258,25 @@ def _decode_first_frame(ds: Dataset, path: Path) -> np.ndarray:
             raise DicomReadError(
                 f"{path}: transfer syntax {name} ({uid}) needs {package} (pip install {package})"
             )
-    try:
-        # Multi-frame files are refused before this; index=0 keeps a header that lies about
-        # NumberOfFrames from decoding more than one frame.
-        return pixel_array(ds, index=0)
-    except Exception as exc:  # decoders raise RuntimeError, ValueError, OSError... on corrupt data
+    # pydicom tries its GDCM plugin first once python-gdcm is installed, and GDCM's JPEG rounding
+    # differs from libjpeg's: the plugins go in pydicom's order without GDCM (pylibjpeg, then
+    # Pillow: the pixels of an install without GDCM, which the golden digests hold), and GDCM's
+    # own reader comes last.
+    plugins = _plugin_order(get_decoder(uid).available_plugins) if uid else []
+    failures: list[str] = []
+    for plugin in plugins or [""]:
         try:
-            return _gdcm_first_frame(ds, path)
-        except DicomReadError as fallback:
-            raise DicomReadError(
-                f"{path}: cannot decode pixel data ({_one_line(exc)}; GDCM fallback: {fallback})"
-            ) from exc
+            # Multi-frame files are refused before this; index=0 keeps a header that lies about
+            # NumberOfFrames from decoding more than one frame.
+            return pixel_array(ds, index=0, decoding_plugin=plugin)
+        except Exception as exc:  # decoders raise RuntimeError, ValueError, OSError... on bad data
+            failures.append(f"{plugin or 'pydicom'}: {_one_line(exc)}")
+    try:
+        return _gdcm_first_frame(ds, path)
+    except DicomReadError as fallback:
+        raise DicomReadError(
+            f"{path}: cannot decode pixel data ({'; '.join(failures)}; GDCM fallback: {fallback})"
+        ) from None
 
 
 def _gdcm_first_frame(ds: Dataset, path: Path) -> np.ndarray:

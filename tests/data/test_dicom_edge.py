@@ -218,10 +218,20 @@ def test_files_neither_decoder_reads(name: str) -> None:
 
 
 def test_real_sample_dicoms_match_gdcm(shared_data: Path) -> None:
+    # Lossy JPEG Baseline: cxrkit decodes with libjpeg (pylibjpeg, before GDCM: the golden
+    # digests hold libjpeg's pixels), whose inverse DCT rounds differently from GDCM's IJG on
+    # about 3 % of the pixels, by one grey level. Everything else is exact.
     files = sorted((shared_data / "dicom").glob("*.dcm"))
     assert files
     for path in files:
-        np.testing.assert_array_equal(cxrkit_stored(path), gdcm_stored(path))
+        ours, reference = cxrkit_stored(path), gdcm_stored(path)
+        assert ours.shape == reference.shape
+        lossy = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        diff = np.abs(ours.astype(np.int64) - reference.astype(np.int64))
+        if lossy == pydicom.uid.JPEGBaseline8Bit:
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.05, path.name
+        else:
+            assert diff.max() == 0, path.name
 
 
 def test_header_number_that_is_not_one() -> None:
