@@ -41,9 +41,16 @@ examples:
   cxrkit eval detection --predictions runs/det/test_boxes.parquet --manifest data/vindr.parquet \\
       --split test --gt-reader fused --out reports/det
 
-  # screening ("definite normal"): confusion matrix at 99 % sensitivity, misses by risk group
-  cxrkit eval screening --predictions runs/screen/test.csv --manifest data/hospital.parquet \\
-      --split test --risk-groups runs/multitask/screening/risk_groups.yaml --out reports/screen
+  # screening ("definite normal"): confusion matrix at the ensemble's saved threshold (chosen on
+  # its calibration split, read from ensemble.json) and at 99 % sensitivity chosen on the test
+  # split (labelled optimistic), misses by risk group
+  cxrkit eval screening --predictions runs/multitask/screening/predictions_test.csv \\
+      --manifest data/hospital.parquet --split test --out reports/screen \\
+      --risk-groups runs/multitask/screening/risk_groups.yaml --ensemble runs/multitask/screening
+
+predictions of another split: when fewer than half of the predicted image ids are in --split,
+the command stops with exit status 2 and names the split they are in ("pass --split val"); ids
+of other splits among a majority in --split are set aside and counted in the report.
 
 predictions files (CSV or Parquet):
   classification  image_id, finding, score

@@ -99,6 +99,7 @@ def _for_inference(config: Any, ns: argparse.Namespace) -> Any:
         config.data,
         manifest=ns.manifest,
         cache=ns.cache,
+        root=ns.root or config.data.root,
         batch_size=ns.batch_size or config.data.batch_size,
         num_workers=config.data.num_workers if ns.num_workers is None else ns.num_workers,
     )

@@ -379,12 +379,16 @@ class ManifestSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSummary:
+def write_prepared(
+    prepared: Prepared, *, out: Path, root: Path, manifest_root: Path | None = None
+) -> ManifestSummary:
     """Write the manifest ``out`` and, when images were skipped, ``<out_stem>_errors.csv`` beside
     it (a stale errors file of an earlier run is removed: it would describe another manifest).
 
     Args:
         root: the dataset folder, named when there is nothing to write.
+        manifest_root: the root the manifest records, its paths relative to it
+            (:func:`cxrkit.data.records.write_manifest`; None: the images' deepest common folder).
 
     Raises:
         DataError: no usable records (the errors file, if any, is written first).
@@ -401,7 +405,7 @@ def write_prepared(prepared: Prepared, *, out: Path, root: Path) -> ManifestSumm
             f"{root}: no usable images"
             + (f" ({len(issues)} skipped, see {errors})" if issues else "")
         )
-    write_manifest(records, out, warnings=prepared.warnings)
+    write_manifest(records, out, warnings=prepared.warnings, root=manifest_root)
     write_errors(issues, out=out)
     return ManifestSummary(
         path=out,
