@@ -125,3 +125,17 @@ def test_the_pipeline_prints_the_plan_then_an_eta_and_each_stage_time(tmp_path):
     pipe.stage("train", lambda: {}, settings={})
     # the ETA of the second stage scales its estimate by how the first one ran against its own
     assert "left (estimates x" in lines[3] and "as the stages so far ran" in lines[3]
+
+
+def test_the_demo_prints_its_plan_then_an_eta_at_each_step(capsys):
+    from cxrkit.demo import _Progress
+
+    steps = _Progress(8)
+    steps.step("synth: phantoms")
+    steps.step("prepare: manifests")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        "demo plan: 8 steps (synth, prepare, preprocess, pretrain, finetune, predict, eval, cam)"
+    )
+    assert out[1].startswith("[1/8] synth: phantoms (t=") and "ETA" not in out[1]
+    assert out[2].startswith("[2/8] prepare: manifests (t=") and ", ETA " in out[2]
