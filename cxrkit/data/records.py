@@ -252,7 +252,7 @@ def write_manifest(
         with contextlib.suppress(ValueError):  # another drive: only the absolute root applies
             relative = os.path.relpath(base, os.path.abspath(path.parent))
             metadata[ROOT_FROM_MANIFEST_KEY] = Path(relative).as_posix()
-    elif why_absolute:
+    elif why_absolute and why_absolute not in warnings:  # a manifest rewritten keeps one copy
         warnings.append(why_absolute)
         log.warning("%s: %s", path, why_absolute)
     if warnings:
@@ -289,9 +289,10 @@ def _root_for(rows: list[dict[str, Any]], root: str | Path | None) -> tuple[str 
 def _relative_to(path: str, base: str) -> str:
     """``path`` relative to ``base`` (POSIX separators) when it lies under it, else as given."""
     normal = os.path.normpath(path)
-    if normal == base or not normal.startswith(base.rstrip(os.sep) + os.sep):
+    prefix = base.rstrip(os.sep) + os.sep
+    if not normal.startswith(prefix) or normal == prefix:
         return path
-    return Path(os.path.relpath(normal, base)).as_posix()
+    return Path(normal[len(prefix) :]).as_posix()  # normalised: no ".." left to resolve
 
 
 def _relative_rows(rows: list[dict[str, Any]], base: str) -> None:
