@@ -130,12 +130,15 @@ class SavedThreshold:
     path: Path
 
     def label(self) -> str:
-        """``"val split at sensitivity 0.99, from runs/x/ensemble.json"`` and the like."""
-        on = f"{self.split} split" if self.split else "its calibration split"
+        """``"chosen on the val split at sensitivity 0.99, from runs/x/ensemble.json"`` and the
+        like."""
+        on = f"the {self.split} split" if self.split else "its calibration split"
         if self.how == "svm":
-            what = f"the SVM's own decision, fitted on the {on}"
+            what = f"the SVM's own decision, fitted on {on}"
+        elif self.target_sensitivity is None:
+            what = f"chosen on {on}"
         else:
-            what = f"{on} at sensitivity {self.target_sensitivity:g}"
+            what = f"chosen on {on} at sensitivity {self.target_sensitivity:g}"
         return f"{what}, from {self.path}"
 
 

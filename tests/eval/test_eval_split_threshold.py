@@ -166,14 +166,16 @@ def test_screening_defaults_to_the_saved_validation_threshold(tmp_path, record, 
     data, text, out, _ = _screen(tmp_path, manifest, run / "predictions_test.csv", capsys)
     point = data["operating_points"]["at_threshold"]
     assert point["threshold"] == 0.45 and point["optimistic"] is False
-    assert point["chosen_on"] == f"val split at sensitivity 0.99, from {run / 'ensemble.json'}"
+    assert point["chosen_on"] == (
+        f"chosen on the val split at sensitivity 0.99, from {run / 'ensemble.json'}"
+    )
     assert data["settings"]["threshold_source"] == point["chosen_on"]
-    assert "threshold 0.4500 (val split at sensitivity 0.99, from " in text
+    assert "threshold 0.4500 (chosen on the val split at sensitivity 0.99, from " in text
     # the test-chosen point is still reported, and labelled for what it is
     target = data["operating_points"]["at_target_sensitivity"]
     assert target["optimistic"] is True
     assert "optimistic: threshold chosen on the test split" in text
-    assert "threshold 0.4500 (val split" in out
+    assert "threshold 0.4500 (chosen on the val split" in out
 
 
 def test_screening_test_optimal_or_no_saved_threshold_is_labelled_optimistic(
@@ -218,6 +220,10 @@ def test_saved_threshold_reads_the_file_the_ensemble_writes(tmp_path):
     saved = screening.saved_threshold(tmp_path)
     assert saved is not None and saved.threshold == 0.0 and saved.split == "val"
     assert saved.label().startswith("the SVM's own decision, fitted on the val split, from ")
+    (tmp_path / "ensemble.json").write_text('{"threshold": 1.5}')  # no split, no target
+    assert screening.saved_threshold(tmp_path).label() == (
+        f"chosen on its calibration split, from {tmp_path / 'ensemble.json'}"
+    )
     (tmp_path / "ensemble.json").write_text('{"members": []}')
     with pytest.raises(screening.DataError, match="no readable 'threshold'"):
         screening.saved_threshold(tmp_path)
