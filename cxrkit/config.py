@@ -57,6 +57,9 @@ class DataConfig:
     """Where a training stage reads its images: a manifest and a cache (built on first use)."""
 
     manifest: str = ""  # Parquet manifest from `cxrkit prepare`
+    # where the manifest's images are now: its relative paths are joined to this folder instead of
+    # the root it records (cxrkit's option, for a manifest moved with its data); "" = recorded root
+    root: str = ""
     cache: str = ""  # cache directory; built from the manifest with `preprocess` if missing
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train_split: str = "train"

@@ -92,17 +92,29 @@ FULL = replace(
 
 
 class _Progress:
-    """``[k/N] step ...`` lines with elapsed times."""
+    """``[k/N] step ...`` lines with the elapsed time and an ETA; the plan first.
+
+    The ETA is the mean time of the steps finished so far times the steps left (the steps differ in
+    length, so it is rough: training is the long part).
+    """
+
+    STEPS = ("synth", "prepare", "preprocess", "pretrain", "finetune", "predict", "eval", "cam")
 
     def __init__(self, total: int) -> None:
         self.total, self.k, self.start = total, 0, time.perf_counter()
 
     def step(self, text: str) -> None:
+        from cxrkit.progress import format_duration
+
+        if self.k == 0:
+            steps = ", ".join(self.STEPS[: self.total])
+            print(f"demo plan: {self.total} steps ({steps})", flush=True)
+        elapsed = time.perf_counter() - self.start
+        eta = ""
+        if self.k:
+            eta = f", ETA {format_duration(elapsed / self.k * (self.total - self.k))}"
         self.k += 1
-        print(
-            f"[{self.k}/{self.total}] {text} (t={time.perf_counter() - self.start:.0f}s)",
-            flush=True,
-        )
+        print(f"[{self.k}/{self.total}] {text} (t={elapsed:.0f}s{eta})", flush=True)
 
     def note(self, text: str) -> None:
         print(f"      {text}", flush=True)

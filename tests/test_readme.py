@@ -172,3 +172,89 @@ def test_config_files_named_in_any_help_exist():
         if not (ROOT / path).is_file()
     ]
     assert not missing, missing
+
+
+# --------------------------------------------------------------------------------------------------
+# the walk-through, run (issue 14): the README's commands of sections 0-6 in order, at tiny size
+
+# (the words a README command starts with, the files it must leave for the next one). Each is the
+# first README command starting so; it runs as written but for the changes of _tiny().
+WALKTHROUGH = (
+    (("synth",), ["data/synth/nih", "data/synth/vindr"]),
+    (("prepare", "nih", "--root", "/data/ChestX-ray14"), ["nih.parquet"]),
+    (("prepare", "vindr", "--root", "/data/vindr-cxr/1.0.0"), ["vindr.parquet"]),
+    (("preprocess",), ["cache/vindr224/index.parquet"]),
+    (("pretrain", "--config"), ["runs/pretrain/barlow_twins_nih/backbone.pth"]),
+    (("finetune", "--config"), ["runs/finetune/bt/detector.pt"]),
+    (("finetune", "predict"), ["test.csv", "submission.csv"]),
+    (
+        ("multitask", "--config", "configs/multitask/kcr_model1.yaml"),
+        ["runs/m1/predictions_test.csv"],
+    ),
+    (
+        ("multitask", "--config", "configs/multitask/kcr_model2.yaml"),
+        ["runs/m2/predictions_test.csv"],
+    ),
+    (("eval", "classification"), ["reports/kcr/report.md"]),
+    (("multitask", "compare"), ["reports/kcr_table.csv"]),
+    (("eval", "detection", "--predictions", "test.csv"), ["reports/det/report.md"]),
+)
+# the README's dataset folders -> the phantoms of its section 0
+DATA = {"/data/ChestX-ray14": "data/synth/nih", "/data/vindr-cxr/1.0.0": "data/synth/vindr"}
+# tiny sizes: option -> value; the training stages get their tiny config after the README's
+OPTIONS = {
+    "synth": {"--n": "48", "--size": "128"},
+    "preprocess": {"--size": "128", "--workers": "1"},  # the tiny detector's 128 px
+}
+TINY_CONFIGS = {
+    "configs/pretrain/barlow_twins_nih.yaml": "configs/pretrain/tiny_pretrain.yaml",
+    "configs/finetune/faster_rcnn_vindr.yaml": "configs/finetune/tiny_faster_rcnn.yaml",
+    "configs/multitask/kcr_model1.yaml": "configs/multitask/tiny_kcr_model1.yaml",
+    "configs/multitask/kcr_model2.yaml": "configs/multitask/tiny_kcr_model2.yaml",
+}
+
+
+def _walkthrough_commands() -> list[tuple[int, list[str], list[str]]]:
+    found = []
+    for prefix, outputs in WALKTHROUGH:
+        match = next(((n, a) for n, a in COMMANDS if tuple(a[: len(prefix)]) == prefix), None)
+        assert match is not None, f"the README has no `cxrkit {' '.join(prefix)} ...` any more"
+        found.append((match[0], match[1], outputs))
+    return found
+
+
+def _tiny(argv: list[str]) -> list[str]:
+    """The README command at tiny size: the phantoms for the datasets, small options, the stage's
+    tiny config after the README's (its output_dir kept), no ImageNet weight file (not on a test
+    machine: the tiny configs start from random weights)."""
+    import yaml
+
+    words = [DATA.get(w, w) for w in argv]
+    for option, value in OPTIONS.get(words[0], {}).items():
+        words[words.index(option) + 1] = value
+    if words[0] == "eval" or words[:2] == ["multitask", "compare"]:
+        words += ["--n-bootstrap", "20"]  # not thousands of resamples of a few images
+    words = [w for w in words if not re.match(r"^\w+\.weights=weights/", w)]
+    out = []
+    for i, word in enumerate(words):
+        out.append(str(ROOT / word) if word.startswith("configs/") else word)
+        if i and words[i - 1] == "--config" and word in TINY_CONFIGS:
+            out += ["--config", str(ROOT / TINY_CONFIGS[word])]
+            if not any(w.startswith("output_dir=") for w in words):
+                config = yaml.safe_load((ROOT / word).read_text())
+                out.append(f"output_dir={config['output_dir']}")
+    return out
+
+
+@pytest.mark.slow
+def test_the_readme_walkthrough_runs_at_tiny_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the README's relative paths land here
+    for line, argv, outputs in _walkthrough_commands():
+        words = _tiny(argv)
+        code = cli.main(words)
+        printed = capsys.readouterr()
+        assert code == 0, f"README line {line}: `cxrkit {shlex.join(words)}`\n{printed.err[-3000:]}"
+        missing = [o for o in outputs if not (tmp_path / o).exists()]
+        assert not missing, f"README line {line}: `cxrkit {argv[0]} ...` did not write {missing}"
+    report = (tmp_path / "reports" / "det" / "report.md").read_text()
+    assert "VOC AP@0.4" in report

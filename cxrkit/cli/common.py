@@ -213,8 +213,8 @@ def add_inference_arguments(
     data_required: bool = False,
     batch_size: int | None = None,
 ) -> None:
-    """The one set of inference options: ``--model --manifest --cache --split --batch-size
-    --num-workers --device --no-progress``.
+    """The one set of inference options: ``--model --manifest --cache --root --split
+    --batch-size --num-workers --device --no-progress``.
 
     Args:
         model_help: what ``--model`` takes.
@@ -233,11 +233,24 @@ def add_inference_arguments(
         required=data_required,
         help=f"cache directory with the model's preprocessing recipe (built if missing){default}",
     )
+    add_root_argument(parser)
     parser.add_argument("--split", default="test", help="split to run on; 'all' for every image")
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--num-workers", type=int, default=None, help="loader worker processes")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+ROOT_HELP = (
+    "folder the manifest's images are in now: its relative paths are joined to it instead of the "
+    "root the manifest records (a manifest of absolute paths is rebased onto it)"
+)
+
+
+def add_root_argument(parser: argparse.ArgumentParser) -> None:
+    """``--root DIR`` of every command that reads a manifest's images (``data.root`` of a training
+    config); None when not given."""
+    parser.add_argument("--root", default=None, help=ROOT_HELP)
 
 
 def inference_parser(

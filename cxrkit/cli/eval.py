@@ -9,19 +9,23 @@ with ``--run-dir``).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrkit.cli.common import add_command, options
 from cxrkit.data.records import SPLITS, Record, read_manifest
-from cxrkit.errors import DataError
+from cxrkit.errors import DataError, MissingFileError
+
+USAGE_ERROR = 2  # the exit status of a wrong command line (cxrkit --help lists the statuses)
 
 if TYPE_CHECKING:  # numpy and pandas load in the handlers, so that `cxrkit --help` stays quick
     import pandas as pd
 
     from cxrkit.eval.predictions import Issues
+    from cxrkit.eval.screening import SavedThreshold
 
 EXAMPLES = """\
 examples:
@@ -37,9 +41,16 @@ examples:
   cxrkit eval detection --predictions runs/det/test_boxes.parquet --manifest data/vindr.parquet \\
       --split test --gt-reader fused --out reports/det
 
-  # screening ("definite normal"): confusion matrix at 99 % sensitivity, misses by risk group
-  cxrkit eval screening --predictions runs/screen/test.csv --manifest data/hospital.parquet \\
-      --split test --risk-groups runs/multitask/screening/risk_groups.yaml --out reports/screen
+  # screening ("definite normal"): confusion matrix at the ensemble's saved threshold (chosen on
+  # its calibration split, read from ensemble.json) and at 99 % sensitivity chosen on the test
+  # split (labelled optimistic), misses by risk group
+  cxrkit eval screening --predictions runs/multitask/screening/predictions_test.csv \\
+      --manifest data/hospital.parquet --split test --out reports/screen \\
+      --risk-groups runs/multitask/screening/risk_groups.yaml --ensemble runs/multitask/screening
+
+predictions of another split: when fewer than half of the predicted image ids are in --split,
+the command stops with exit status 2 and names the split they are in ("pass --split val"); ids
+of other splits among a majority in --split are set aside and counted in the report.
 
 predictions files (CSV or Parquet):
   classification  image_id, finding, score
@@ -89,6 +100,37 @@ def _csv_list(text: str | None) -> list[str] | None:
     return items or None
 
 
+def _exit_2_on_wrong_split(handler: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """``handler`` with :class:`WrongSplitError` printed as a command-line mistake (exit 2): the
+    fix is another ``--split``."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from cxrkit.eval.predictions import WrongSplitError
+
+        try:
+            return handler(args)
+        except WrongSplitError as exc:
+            print(f"cxrkit eval: error: {exc}", file=sys.stderr)
+            return USAGE_ERROR
+
+    return run
+
+
+TEST_OPTIMAL = "test-optimal"
+
+
+def _screening_threshold(text: str) -> float | str:
+    if text.strip().lower() == TEST_OPTIMAL:
+        return TEST_OPTIMAL
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or {TEST_OPTIMAL!r}, got {text!r}"
+        ) from None
+
+
 def _kind(kinds: argparse._SubParsersAction, name: str, *, help: str) -> argparse.ArgumentParser:
     return kinds.add_parser(
         name, help=help, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -131,7 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="distribution of the unpaired DeLong test of each finding's AP-PA gap: normal (z, "
         "the default) or t (R pROC's roc.test: Student t with Welch degrees of freedom)",
     )
-    cls.set_defaults(func=run_classification)
+    cls.set_defaults(func=_exit_2_on_wrong_split(run_classification))
 
     det = _kind(
         kinds, "detection", help="COCO AP@0.5, AP@[.5:.95], VOC mAP@0.4, FROC, mAP@0.5 by view"
@@ -151,7 +193,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     det.add_argument(
         "--max-dets", type=int, default=100, help="detections per image and class (default 100)"
     )
-    det.set_defaults(func=run_detection)
+    det.set_defaults(func=_exit_2_on_wrong_split(run_detection))
 
     scr = _kind(
         kinds,
@@ -159,7 +201,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="normal vs abnormal: confusion matrix, sensitivity, specificity, risk groups",
     )
     _common(scr, n_bootstrap=2000)
-    scr.add_argument("--threshold", type=float, help="operating point threshold")
+    scr.add_argument(
+        "--threshold",
+        type=_screening_threshold,
+        help="operating point threshold: a number, or 'test-optimal' to choose it on the "
+        "evaluated split (optimistic). Default: the threshold the ensemble saved in "
+        "ensemble.json (chosen on its calibration split); without one, test-optimal",
+    )
+    scr.add_argument(
+        "--ensemble",
+        type=Path,
+        help="ensemble directory whose ensemble.json holds the saved threshold (default: the "
+        "folder of --predictions, else of --risk-groups, when it has an ensemble.json)",
+    )
     scr.add_argument(
         "--target-sensitivity",
         type=float,
@@ -169,17 +223,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scr.add_argument(
         "--risk-groups", type=Path, help="YAML: group -> [findings], most severe group first"
     )
-    scr.set_defaults(func=run_screening)
+    scr.set_defaults(func=_exit_2_on_wrong_split(run_screening))
 
 
-def _records(args: argparse.Namespace) -> tuple[list[Record], set[str]]:
-    """The manifest records to evaluate, and the ids of the records left out by ``--split``."""
+def _records(args: argparse.Namespace) -> tuple[list[Record], dict[str, str]]:
+    """The manifest records to evaluate, and the split of every record of the manifest."""
     from cxrkit.eval import views
 
     records = read_manifest(args.manifest)
-    other_splits: set[str] = set()
+    split_of = {r.image_id: r.split for r in records}
     if args.split:
-        other_splits = {r.image_id for r in records if r.split != args.split}
         records = [r for r in records if r.split == args.split]
         if not records:
             raise DataError(f"{args.manifest}: no record in split {args.split!r}")
@@ -190,36 +243,52 @@ def _records(args: argparse.Namespace) -> tuple[list[Record], set[str]]:
             f"{counts['not_in_mapping']} kept from the manifest",
             file=sys.stderr,
         )
-    return records, other_splits
+    return records, split_of
 
 
 def _inputs(
     args: argparse.Namespace, *, kind: str
-) -> tuple[list[Record], pd.DataFrame, set[str], Issues]:
-    """Records, ``--predictions`` (other splits set aside), those splits' ids, the read issues."""
+) -> tuple[list[Record], pd.DataFrame, dict[str, str], Issues]:
+    """Records, ``--predictions`` (other splits set aside), every record's split, the issues."""
     from cxrkit.eval.predictions import Issues
 
-    records, other_splits = _records(args)
+    records, split_of = _records(args)
     read_issues = Issues()
-    df = _read(
-        args.predictions, kind=kind, args=args, other_splits=other_splits, issues=read_issues
-    )
-    return records, df, other_splits, read_issues
+    df = _read(args.predictions, kind=kind, args=args, split_of=split_of, issues=read_issues)
+    return records, df, split_of, read_issues
 
 
 def _read(
-    path: Path, *, kind: str, args: argparse.Namespace, other_splits: set[str], issues: Issues
+    path: Path, *, kind: str, args: argparse.Namespace, split_of: dict[str, str], issues: Issues
 ) -> pd.DataFrame:
-    """Read predictions; rows of images in other splits of the manifest are set aside, counted."""
+    """Read predictions; refuse a file made for another split (:class:`WrongSplitError`); rows of
+    images in other splits of the manifest are set aside, counted."""
     from cxrkit.eval import predictions
 
     df, read_issues = predictions.read_predictions(
         path, kind=kind, allow_missing=args.allow_missing
     )
     issues.merge(read_issues)
-    outside = df["image_id"].isin(other_splits).to_numpy()
+    if not args.split:
+        where = {split_of.get(i) for i in df["image_id"].unique()} - {None}
+        if len(where) == 1 and len(set(split_of.values())) > 1:
+            (only,) = where
+            issues.add(
+                "predictions_cover_one_split_only",
+                [f"every predicted id of {path.name} is in split {only!r}: pass --split {only}"],
+            )
+        return df
+    predictions.check_split(df["image_id"], split_of, split=args.split, source=str(path))
+    split = df["image_id"].map(split_of)
+    outside = (split.notna() & (split != args.split)).to_numpy()
     issues.add("predictions_for_other_splits_ignored", df.loc[outside, "image_id"].unique())
     return df.loc[~outside].reset_index(drop=True)
+
+
+def _without_rows(records: Sequence[Record], df: pd.DataFrame) -> list[str]:
+    """Ids of ``records`` that no row of ``df`` names."""
+    named = set(df["image_id"])
+    return [r.image_id for r in records if r.image_id not in named]
 
 
 def _with_read_issues(result: dict[str, object], read_issues: Issues) -> dict[str, object]:
@@ -249,14 +318,14 @@ def _finish(result: dict[str, object], args: argparse.Namespace, summary: Sequen
 def run_classification(args: argparse.Namespace) -> int:
     from cxrkit.eval import classification, report, views
 
-    records, df, other_splits, read_issues = _inputs(args, kind="classification")
+    records, df, split_of, read_issues = _inputs(args, kind="classification")
     df_b = None
     if args.predictions_b:
         df_b = _read(
             args.predictions_b,
             kind="classification",
             args=args,
-            other_splits=other_splits,
+            split_of=split_of,
             issues=read_issues,
         )
     settings = {"findings": _csv_list(args.findings), **_statistics(args)}
@@ -286,6 +355,11 @@ def run_detection(args: argparse.Namespace) -> int:
     from cxrkit.eval import detection, report
 
     records, df, _, read_issues = _inputs(args, kind="detection")
+    # an image without a row had no detection (the predictions format); say how many there are,
+    # since a file covering part of the split scores the rest as images without findings
+    read_issues.add(
+        "images_without_prediction_rows_scored_as_no_detections", _without_rows(records, df)
+    )
     result = detection.evaluate(
         df,
         records,
@@ -304,23 +378,64 @@ def run_detection(args: argparse.Namespace) -> int:
     return _finish(_with_read_issues(result, read_issues), args, summary)
 
 
+def _saved_threshold(args: argparse.Namespace) -> SavedThreshold | None:
+    """The ensemble's saved threshold: from ``--ensemble``, else an ``ensemble.json`` beside the
+    predictions or the risk-group file."""
+    from cxrkit.eval import screening
+
+    if args.ensemble is not None:
+        saved = screening.saved_threshold(args.ensemble)
+        if saved is None:
+            raise MissingFileError(
+                f"{args.ensemble / screening.ENSEMBLE_FILE}: no ensemble file (--ensemble names "
+                "the directory `cxrkit multitask` trained the screening ensemble into)"
+            )
+        return saved
+    folders = [args.predictions.parent]
+    if args.risk_groups is not None:
+        folders.append(args.risk_groups.parent)
+    for folder in folders:
+        saved = screening.saved_threshold(folder)
+        if saved is not None:
+            return saved
+    return None
+
+
 def run_screening(args: argparse.Namespace) -> int:
     from cxrkit.eval import report, screening
 
     records, df, _, read_issues = _inputs(args, kind="screening")
     groups = screening.load_risk_groups(args.risk_groups) if args.risk_groups else None
+    threshold, source, optimistic = args.threshold, "given with --threshold", False
+    if threshold is None:
+        saved = _saved_threshold(args)
+        if saved is None:
+            print(
+                "no ensemble.json with a saved threshold (pass --ensemble DIR or --threshold): "
+                f"the operating point is {screening.optimistic_label(args.split)}",
+                file=sys.stderr,
+            )
+        else:
+            threshold, source = saved.threshold, saved.label()
+            optimistic = args.split is not None and saved.split == args.split
+    elif threshold == TEST_OPTIMAL:
+        threshold = None
     result = screening.evaluate(
         df,
         records,
-        threshold=args.threshold,
+        threshold=threshold,
         target_sensitivity=args.target_sensitivity,
         risk_groups=groups,
+        threshold_source=source,
+        threshold_optimistic=optimistic,
+        split=args.split,
         **_statistics(args),
     )
     summary = [f"AUROC {report.fmt_estimate(result['auroc'])}"]
-    for key, point in result["operating_points"].items():
+    for point in result["operating_points"].values():
         summary.append(
-            f"{key.replace('_', ' ')}: sensitivity {report.fmt_estimate(point['sensitivity'])}, "
+            f"threshold {report.fmt_number(point['threshold'], 4)} ({point['chosen_on']}): "
+            f"sensitivity {report.fmt_estimate(point['sensitivity'])}, "
             f"specificity {report.fmt_estimate(point['specificity'])}"
         )
     return _finish(_with_read_issues(result, read_issues), args, summary)

@@ -142,6 +142,7 @@ def _inputs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "manifest": args.manifest,
         "cache": args.cache,
+        "root": args.root,
         "split": args.split,
         "batch_size": args.batch_size,
         "device": args.device,

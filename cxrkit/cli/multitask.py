@@ -99,6 +99,7 @@ def _for_inference(config: Any, ns: argparse.Namespace) -> Any:
         config.data,
         manifest=ns.manifest,
         cache=ns.cache,
+        root=ns.root or config.data.root,
         batch_size=ns.batch_size or config.data.batch_size,
         num_workers=config.data.num_workers if ns.num_workers is None else ns.num_workers,
     )
@@ -166,7 +167,7 @@ def _screen(argv: Sequence[str]) -> int:
         "--manifest m.parquet \\\n      --cache cache256 --split test --out screening_test.csv\n"
         "  cxrkit eval screening --predictions screening_test.csv --manifest m.parquet \\\n"
         "      --split test --risk-groups runs/multitask/screening/risk_groups.yaml \\\n"
-        "      --threshold THRESHOLD_FROM_ensemble.json --out reports/screening",
+        "      --ensemble runs/multitask/screening --out reports/screening",
         model_help="ensemble directory (ensemble.json)",
         out_help=PREDICTIONS_HELP,
         model_flag="--ensemble",

@@ -8,6 +8,7 @@ Each handler calls its adapter's ``prepare_*`` function, writes the result with
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,13 @@ def register(subparsers: Any) -> None:
     sources = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--root", type=Path, required=True, help="the dataset folder")
+    common.add_argument(
+        "--root",
+        type=Path,
+        required=True,
+        help="the dataset folder; the manifest records it and stores paths relative to it, so it "
+        "moves with the data (read it elsewhere with --root / data.root)",
+    )
     common.add_argument("--out", type=Path, required=True, help="manifest to write (.parquet)")
     common.add_argument(
         "--split-fractions",
@@ -432,8 +439,14 @@ def _split_list(text: str | None) -> list[str] | None:
 
 def finish(prepared: sources.Prepared, args: argparse.Namespace) -> int:
     """Write the manifest (and errors file) and print its counts."""
+    from cxrkit.data.records import manifest_root
+
     summary = sources.write_prepared(
-        prepared, out=args.out, root=args.root, strict_views=getattr(args, "strict_views", False)
+        prepared,
+        out=args.out,
+        root=args.root,
+        strict_views=getattr(args, "strict_views", False),
+        manifest_root=_manifest_root(prepared, args),
     )
     views, split_counts = summary.views, summary.splits
     print(
@@ -453,6 +466,25 @@ def finish(prepared: sources.Prepared, args: argparse.Namespace) -> int:
         print(f"  {note}")
     for warning in summary.warnings:
         print(f"  warning: {warning}")
+    recorded = manifest_root(summary.path)
+    if recorded is not None:
+        print(
+            f"  paths relative to {recorded} (moved with the data, read it with --root NEW_DIR "
+            "or data.root=NEW_DIR)"
+        )
     if summary.errors_file is not None:
         print(f"skipped {summary.skipped} images; reasons in {summary.errors_file}")
     return 0
+
+
+def _manifest_root(prepared: sources.Prepared, args: argparse.Namespace) -> Path | None:
+    """The root to record: ``--root`` when it holds every image (a copy of JSRT's images lies
+    beside the manifest instead), else None (the images' deepest common folder)."""
+    root = getattr(args, "root", None)
+    if root is None or not Path(root).is_dir():
+        return None
+    base = os.path.abspath(root)
+    inside = all(
+        os.path.abspath(r.path).startswith(base.rstrip(os.sep) + os.sep) for r in prepared.records
+    )
+    return Path(base) if inside else None

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cxrkit.cli.common import add_command
+from cxrkit.cli.common import add_command, add_root_argument
 from cxrkit.config import PreprocessConfig
 from cxrkit.data.preprocess import ON_ERROR, build_cache
 from cxrkit.data.records import read_manifest
@@ -40,6 +40,7 @@ def register(subparsers: Any) -> None:
     defaults = PreprocessConfig()
     parser.add_argument("--manifest", required=True, type=Path, help="Parquet manifest")
     parser.add_argument("--out", required=True, type=Path, help="cache directory")
+    add_root_argument(parser)
     parser.add_argument(
         "--size", type=int, default=defaults.size, help=f"output side in pixels ({defaults.size})"
     )
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     summary = build_cache(
-        records=read_manifest(args.manifest),
+        records=read_manifest(args.manifest, root=args.root),
         out_dir=args.out,
         recipe=recipe,
         workers=args.workers,

@@ -37,7 +37,8 @@ def load_records(
     """The records of ``data.manifest``, optionally of one split and checked against a cache.
 
     Args:
-        data: its ``manifest`` is read; ``on_error`` applies when ``cache`` is given.
+        data: its ``manifest`` is read (relative paths joined to ``root`` when set, else to the
+            root the manifest records); ``on_error`` applies when ``cache`` is given.
         split: keep only records of this split (one of ``records.SPLITS``); None keeps all.
         cache: when given, records missing from it raise :class:`DataError` (``on_error="fail"``)
             or are dropped with a logged warning (``on_error="skip"``), as in :func:`open_cache`.
@@ -53,7 +54,7 @@ def load_records(
         )
     if split is not None and split not in SPLITS:
         raise ConfigError(f"split {split!r} is not one of {SPLITS}")
-    records = read_manifest(data.manifest)
+    records = read_manifest(data.manifest, root=data.root or None)
     if split is not None:
         records = [r for r in records if r.split == split]
     if cache is not None:
@@ -130,7 +131,9 @@ def open_cache(
     cache = Cache(root)
     _check_recipe(root, data.preprocess)
     requested = (
-        records if records is not None else (read_manifest(data.manifest) if data.manifest else [])
+        records
+        if records is not None
+        else (read_manifest(data.manifest, root=data.root or None) if data.manifest else [])
     )
     _check_in_cache(requested, cache, on_error=data.on_error)
     return cache
@@ -165,7 +168,7 @@ def _build(
 ) -> None:
     from cxrkit.data.preprocess import build_cache  # the writer's deps are not needed to read
 
-    to_build = read_manifest(data.manifest) if data.manifest else []
+    to_build = read_manifest(data.manifest, root=data.root or None) if data.manifest else []
     known = {r.image_id for r in to_build}
     to_build += [r for r in records or () if r.image_id not in known]
     if not to_build:

@@ -40,7 +40,6 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from cxrkit.config import PreprocessConfig
 from cxrkit.data import cache, store
@@ -49,6 +48,7 @@ from cxrkit.data.images import GreyLevels, read_image, read_levels
 from cxrkit.data.records import Record
 from cxrkit.errors import ConfigError, CxrkitError, DataError
 from cxrkit.io import atomic_write, sha256
+from cxrkit.progress import Progress
 
 ON_ERROR = ("fail", "skip")
 
@@ -513,7 +513,7 @@ def build_cache(
         workers: processes in the pool; ``<= 1`` runs in this process.
         on_error: ``"fail"`` raises on the first bad item; ``"skip"`` records it in ``errors.csv``
             and carries on.
-        progress: show a tqdm progress bar (on a terminal).
+        progress: show progress: a bar on a terminal, else a line every 30 s with rate and ETA.
 
     Raises:
         ConfigError: bad ``on_error``, or ``out_dir`` holds a cache built with another recipe.
@@ -534,9 +534,8 @@ def build_cache(
     start = time.perf_counter()
     outcomes: dict[str, _Outcome] = {}
     job = partial(_process_item, out_dir=out_dir, recipe=recipe)
-    bar = tqdm(
-        total=len(records), desc="preprocess", unit="img", disable=None if progress else True
-    )
+    # a bar on a terminal; count, rate and ETA lines in a job log (tqdm alone prints nothing)
+    bar = Progress(total=len(records), desc="preprocess", unit="img", enabled=progress)
 
     def collect(record: Record, run: Any) -> None:
         try:

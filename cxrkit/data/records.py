@@ -10,13 +10,32 @@ One record per image. Boxes are in **original pixel coordinates** of the file at
 :func:`read_manifest` reads column by column (one Arrow-to-Python conversion per column, repeated
 strings such as finding names shared, not copied) and leaves each record's ``meta`` as its JSON text
 until it is first read: a training run over 112,120 records reads ``meta`` of almost none.
+
+**Paths move with the data.** :func:`write_manifest` stores image and mask paths relative to a
+*root* recorded in the Parquet metadata: the dataset folder ``cxrkit prepare --root`` names, by
+default the deepest folder holding every image. Paths outside the root stay absolute; when the
+images share no folder below the filesystem root (different drives or mounts) every path stays
+absolute and the manifest's warnings say so. A record whose paths were given relative (to the
+working directory) keeps them as given, and then no root is recorded.
+
+:func:`read_manifest` returns absolute paths: the relative ones joined to ``root`` (an override:
+``--root``, ``data.root``) or else to the recorded root. When the recorded root does not exist (the
+manifest was copied to a cluster with its images) the folder at the same place relative to the
+manifest, then the manifest's own folder, is tried: the first one that holds the first image is
+used, with a warning naming it and ``--root``; if none does, the recorded root stays and the warning
+says to pass ``--root`` (reading labels needs no image, so this is not an error). A manifest of
+absolute paths (written before roots were recorded) reads as before; with ``root`` its paths are
+rebased from their deepest common folder onto ``root``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import logging
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cxrkit.errors import DataError, MissingFileError
@@ -33,6 +53,11 @@ VIEWS = ("PA", "AP", "LL", "unknown")
 SPLITS = ("train", "val", "test", "unassigned")
 MANIFEST_VERSION = "1"
 WARNINGS_KEY = "cxrkit_warnings"  # Parquet metadata: JSON list of what users must know
+ROOT_KEY = "cxrkit_root"  # Parquet metadata: the folder relative paths are relative to
+# Parquet metadata: the root relative to the manifest's folder when written, to find it after a move
+ROOT_FROM_MANIFEST_KEY = "cxrkit_root_from_manifest"
+
+log = logging.getLogger(__name__)
 
 _BOX_TYPE = pa.struct(
     [
@@ -191,12 +216,22 @@ def _to_row(record: Record) -> dict[str, Any]:
 
 
 def write_manifest(
-    records: Iterable[Record], path: str | Path, *, warnings: Sequence[str] = ()
+    records: Iterable[Record],
+    path: str | Path,
+    *,
+    warnings: Sequence[str] = (),
+    root: str | Path | None = None,
 ) -> Path:
-    """Validate and write records as Parquet, atomically.
+    """Validate and write records as Parquet, atomically, paths relative to a recorded root.
 
-    ``warnings`` (what a user of the manifest must know, e.g. guessed patient ids) are kept in the
-    file's metadata; :func:`manifest_warnings` reads them back.
+    Args:
+        records: the records; their paths as the sources found them (absolute, normally).
+        path: the manifest to write.
+        warnings: what a user of the manifest must know (e.g. guessed patient ids), kept in the
+            file's metadata; :func:`manifest_warnings` reads them back.
+        root: the folder to record and store paths relative to (``cxrkit prepare --root``;
+            relative record paths are then taken as relative to the working directory); default
+            the deepest folder holding every image. See the module docstring.
 
     Raises :class:`DataError` on an invalid record or a duplicate ``image_id``.
     """
@@ -209,21 +244,89 @@ def write_manifest(
         seen.add(record.image_id)
         rows.append(_to_row(record))
     metadata = {"cxrkit_manifest_version": MANIFEST_VERSION}
+    warnings = list(warnings)
+    base, why_absolute = _root_for(rows, root)
+    if base is not None:
+        _relative_rows(rows, base)
+        metadata[ROOT_KEY] = base
+        with contextlib.suppress(ValueError):  # another drive: only the absolute root applies
+            relative = os.path.relpath(base, os.path.abspath(path.parent))
+            metadata[ROOT_FROM_MANIFEST_KEY] = Path(relative).as_posix()
+    elif why_absolute and why_absolute not in warnings:  # a manifest rewritten keeps one copy
+        warnings.append(why_absolute)
+        log.warning("%s: %s", path, why_absolute)
     if warnings:
-        metadata[WARNINGS_KEY] = json.dumps(list(warnings))
+        metadata[WARNINGS_KEY] = json.dumps(warnings)
     table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(metadata)
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
+def _root_for(rows: list[dict[str, Any]], root: str | Path | None) -> tuple[str | None, str]:
+    """The root to store ``rows``' paths under (absolute, normalised), or None and why not."""
+    if root is not None:  # paths the sources made relative to the working directory, absolute
+        for row in rows:
+            row["path"] = os.path.abspath(row["path"])
+            row["mask_paths"] = [(k, os.path.abspath(v)) for k, v in row["mask_paths"]]
+        return os.path.abspath(root), ""
+    if not rows:
+        return None, ""
+    paths = [r["path"] for r in rows]
+    masks = [p for r in rows for _, p in r["mask_paths"]]
+    if not all(os.path.isabs(p) for p in itertools.chain(paths, masks)):
+        return None, ""  # paths relative to the working directory: kept as given, no root
+    try:
+        common = os.path.commonpath([os.path.dirname(os.path.normpath(p)) for p in paths])
+    except ValueError:  # Windows: images on different drives
+        common = ""
+    if not common or os.path.dirname(common) == common:  # "" or the filesystem root itself
+        return None, (
+            "image paths are absolute: the images share no folder below the filesystem root, so "
+            "the manifest cannot store them relative to one (it will not move with its data)"
+        )
+    return common, ""
+
+
+def _relative_to(path: str, base: str) -> str:
+    """``path`` relative to ``base`` (POSIX separators) when it lies under it, else as given."""
+    normal = os.path.normpath(path)
+    prefix = base.rstrip(os.sep) + os.sep
+    if not normal.startswith(prefix) or normal == prefix:
+        return path
+    return Path(normal[len(prefix) :]).as_posix()  # normalised: no ".." left to resolve
+
+
+def _relative_rows(rows: list[dict[str, Any]], base: str) -> None:
+    for row in rows:
+        row["path"] = _relative_to(row["path"], base)
+        if row["mask_paths"]:
+            row["mask_paths"] = [(k, _relative_to(v, base)) for k, v in row["mask_paths"]]
+
+
+def _metadata(path: Path) -> dict[bytes, bytes]:
+    return pq.read_schema(path).metadata or {}
+
+
 def manifest_warnings(path: str | Path) -> list[str]:
     """The warnings :func:`write_manifest` stored in a manifest's metadata (empty if none)."""
-    metadata = pq.read_schema(path).metadata or {}
-    raw = metadata.get(WARNINGS_KEY.encode())
+    raw = _metadata(Path(path)).get(WARNINGS_KEY.encode())
     return list(json.loads(raw)) if raw else []
 
 
-def read_manifest(path: str | Path) -> list[Record]:
-    """Read a manifest written by :func:`write_manifest`."""
+def manifest_root(path: str | Path) -> Path | None:
+    """The root a manifest records (its relative paths are relative to it), None if none."""
+    raw = _metadata(Path(path)).get(ROOT_KEY.encode())
+    return Path(raw.decode()) if raw else None
+
+
+def read_manifest(path: str | Path, *, root: str | Path | None = None) -> list[Record]:
+    """Read a manifest written by :func:`write_manifest`, with absolute paths.
+
+    Args:
+        path: the Parquet manifest.
+        root: where the images are now (``--root``, ``data.root``): relative paths are joined to
+            it, and a manifest of absolute paths is rebased onto it. Default: the recorded root
+            (see the module docstring for a root that no longer exists).
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(
@@ -236,11 +339,122 @@ def read_manifest(path: str | Path) -> list[Record]:
     missing = [name for name in SCHEMA.names if name not in table.column_names]
     if missing:
         raise DataError(f"{path}: manifest lacks columns {missing}")
-    return _records(table.select(SCHEMA.names))
+    table = table.select(SCHEMA.names)
+    metadata = table.schema.metadata or {}
+    recorded = metadata.get(ROOT_KEY.encode())
+    if recorded is not None:
+        base = _base(path, table, recorded.decode(), metadata, root=root)
+        return _records(table, base=base)
+    records = _records(table)
+    if root is not None and records:
+        _rebase(records, os.path.abspath(root), where=path)
+    return records
 
 
-def _records(table: pa.Table) -> list[Record]:
-    """Records from a manifest table, one Arrow-to-Python conversion per column."""
+# an absolute path: POSIX "/...", Windows "\\server\..." or "C:..." (matched in Arrow, in C)
+_ABSOLUTE = r"^([/\\]|[A-Za-z]:)"
+
+
+def _base(
+    path: Path, table: pa.Table, recorded: str, metadata: dict, *, root: str | Path | None
+) -> str:
+    """The folder relative paths are joined to: ``root``, else the recorded root, else (moved)
+    the first candidate that holds the first relative image."""
+    if root is not None:
+        return os.path.abspath(root)
+    if os.path.isdir(recorded):
+        return recorded
+    paths = table.column("path")
+    relative = paths.filter(pc.invert(pc.match_substring_regex(paths, _ABSOLUTE)))
+    if len(relative) == 0:
+        return recorded
+    first = relative[0].as_py()
+    candidates = []
+    from_manifest = metadata.get(ROOT_FROM_MANIFEST_KEY.encode())
+    if from_manifest is not None:
+        candidates.append(os.path.normpath(path.parent.absolute() / from_manifest.decode()))
+    candidates.append(str(path.parent.absolute()))
+    for candidate in candidates:
+        if os.path.exists(os.path.join(candidate, first)):
+            log.warning(
+                "%s: recorded root %s does not exist; its images are under %s, used instead "
+                "(pass --root / data.root to choose)",
+                path,
+                recorded,
+                candidate,
+            )
+            return candidate
+    log.warning(
+        "%s: recorded root %s does not exist and the images are not beside the manifest; pass "
+        "--root DIR (data.root=DIR) where the folder now is",
+        path,
+        recorded,
+    )
+    return recorded
+
+
+def _prefix(base: str) -> str:
+    return base.rstrip("/" + os.sep) + os.sep
+
+
+def _join(records: list[Record], base: str) -> None:
+    """Relative paths of ``records`` joined to ``base``, in place."""
+    prefix = _prefix(base)
+    isabs = os.path.isabs
+    for record in records:
+        if not isabs(record.path):
+            record.path = prefix + record.path
+        if record.mask_paths:
+            record.mask_paths = _joined_masks(record.mask_paths, prefix)
+
+
+def _joined_masks(masks: dict[str, str], prefix: str) -> dict[str, str]:
+    return {k: v if os.path.isabs(v) else prefix + v for k, v in masks.items()}
+
+
+def _joined_paths(array: pa.Array, base: str) -> pa.Array:
+    """The path column with relative paths joined to ``base``: in Arrow (112,120 paths in a few
+    milliseconds), not one Python string operation per record."""
+    joined = pc.binary_join_element_wise(pa.scalar(_prefix(base)), array, "")
+    return pc.if_else(pc.match_substring_regex(array, _ABSOLUTE), array, joined)
+
+
+def _rebase(records: list[Record], new_root: str, *, where: Path) -> None:
+    """Paths of a manifest without a recorded root onto ``new_root``: relative ones joined to it,
+    absolute ones moved from their deepest common folder to it (manifests written before roots
+    were recorded)."""
+    relative = [not os.path.isabs(r.path) for r in records]
+    if all(relative):
+        _join(records, new_root)
+        return
+    if any(relative):
+        raise DataError(
+            f"{where}: its image paths are partly relative, partly absolute; cannot rebase them "
+            "onto --root (rewrite it with `cxrkit prepare`)"
+        )
+    try:
+        old = os.path.commonpath([os.path.dirname(os.path.normpath(r.path)) for r in records])
+    except ValueError:  # Windows: several drives
+        old = os.sep
+    if os.path.dirname(old) == old:
+        raise DataError(
+            f"{where}: its image paths share no folder below the filesystem root; cannot rebase "
+            "them onto --root"
+        )
+    for record in records:
+        record.path = _moved(record.path, old, new_root)
+        if record.mask_paths:
+            record.mask_paths = {k: _moved(v, old, new_root) for k, v in record.mask_paths.items()}
+
+
+def _moved(path: str, old: str, new: str) -> str:
+    relative = _relative_to(path, old)
+    return relative if os.path.isabs(relative) else os.path.join(new, relative)
+
+
+def _records(table: pa.Table, *, base: str | None = None) -> list[Record]:
+    """Records from a manifest table, one Arrow-to-Python conversion per column; relative image
+    and mask paths joined to ``base`` when given."""
     if table.num_rows == 0:
         return []
     table = table.combine_chunks()
@@ -248,10 +462,15 @@ def _records(table: pa.Table) -> list[Record]:
     def column(name: str) -> pa.Array:
         return table.column(name).chunk(0)
 
-    texts = {name: column(name).to_pylist() for name in ("image_id", "path", "patient_id")}
+    texts = {name: column(name).to_pylist() for name in ("image_id", "patient_id")}
+    paths = column("path")
+    texts["path"] = (paths if base is None else _joined_paths(paths, base)).to_pylist()
     shared = {name: _shared_strings(column(name)) for name in ("source", "view", "split")}
     labels = _maps(column("labels"))
     mask_paths = _maps(column("mask_paths"))
+    if base is not None:
+        prefix = _prefix(base)
+        mask_paths = [_joined_masks(m, prefix) if m else m for m in mask_paths]
     boxes = _boxes(column("boxes"))
     metas = [_MetaJSON(text or "") for text in column("meta").to_pylist()]
     rows = zip(

@@ -19,12 +19,14 @@ row per score, in one of three kinds:
 :class:`cxrkit.errors.DataError` naming the file, the rows and the problem. Rows with a NaN score or
 an invalid box are an error unless ``allow_missing=True``; then they are dropped and counted in the
 returned :class:`Issues`, which every report prints. :func:`match_ids` compares the image ids of the
-predictions with those of the manifest in the same spirit.
+predictions with those of the manifest in the same spirit, and :func:`check_split` refuses a
+predictions file written for another split than the one asked for (:class:`WrongSplitError`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,15 @@ MEMBERS = "members"  # optional classification column: a group finding's labels,
 SCREENING_FINDING = "abnormal"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 N_EXAMPLES = 5  # how many offending ids or rows an error message quotes
+# cxrkit's choice: below half of the predicted ids in the requested split, the file was written for
+# another split (or manifest); a few stray ids above it are set aside and reported instead.
+MIN_IN_SPLIT = 0.5
+NOT_IN_MANIFEST = "not in the manifest"
+
+
+class WrongSplitError(DataError):
+    """Most image ids of a predictions file belong to another split than the one evaluated: the
+    message counts them per split and names the ``--split`` to pass."""
 
 
 @dataclass
@@ -371,3 +382,42 @@ def match_ids(
         )
         return predicted & manifest
     return manifest
+
+
+def check_split(
+    predicted_ids: Iterable[str],
+    split_of: Mapping[str, str],
+    *,
+    split: str,
+    source: str = "predictions",
+    min_fraction: float = MIN_IN_SPLIT,
+) -> dict[str, int]:
+    """Refuse predictions made for another split; return where the predicted ids lie.
+
+    Args:
+        predicted_ids: the image ids of the predictions (repeats count once).
+        split_of: image id -> split, for every record of the manifest.
+        split: the split being evaluated.
+        source: the file name used in the message.
+        min_fraction: the least fraction of predicted ids that must be in ``split``.
+
+    Returns:
+        Distinct predicted ids per split, plus :data:`NOT_IN_MANIFEST` for ids the manifest lacks.
+
+    Raises:
+        WrongSplitError: fewer than ``min_fraction`` of the predicted ids are in ``split``; the
+            message names the split holding most of the others.
+    """
+    where = Counter(split_of.get(i, NOT_IN_MANIFEST) for i in set(predicted_ids))
+    total = sum(where.values())
+    inside = where.get(split, 0)
+    if total == 0 or inside >= min_fraction * total:
+        return dict(where)
+    others = [(s, n) for s, n in where.most_common() if s != split]
+    listed = ", ".join(f"{s!r} ({n})" if s != NOT_IN_MANIFEST else f"{s} ({n})" for s, n in others)
+    best = next((s for s, _ in others if s != NOT_IN_MANIFEST), None)
+    hint = f" — pass --split {best}" if best else " — wrong manifest or predictions file?"
+    raise WrongSplitError(
+        f"{source}: {total - inside} of {total} prediction ids are not in split {split!r}; "
+        f"they are in split {listed}{hint}"
+    )

@@ -421,8 +421,10 @@ def _screening_md(result: Mapping[str, object]) -> list[str]:
     ]
     for key, point in result["operating_points"].items():
         title = f"threshold {fmt_number(point['threshold'], 4)}"
+        if point.get("chosen_on"):  # where the threshold came from; test-chosen: optimistic
+            title = f"{title} ({point['chosen_on']})"
         if key == "at_target_sensitivity":
-            title = f"target sensitivity {point['target']} ({title})"
+            title = f"target sensitivity {point['target']}, {title}"
         lines += [f"## Operating point: {title}", ""]
         lines += _table(
             ["", "reference normal", "reference abnormal"],

@@ -12,13 +12,22 @@ Misses are broken down by **risk group**: a finding -> group table (critical, ur
 cardiomegaly by default; see :data:`DEFAULT_RISK_GROUPS`, or a YAML file of the same shape through
 :func:`load_risk_groups`). Findings in no group fall in ``other``. An image counts in every group
 of its findings, and once in the breakdown by its most severe group (the groups' order).
+
+**Where the threshold comes from.** A threshold picked on the images being scored (the operating
+point at ``target_sensitivity``) flatters the model: on new images it reaches less than the target.
+The screening ensemble saves the threshold it chose on its calibration split (``ensemble.json``,
+written by :mod:`cxrkit.multitask.ensemble`); :func:`saved_threshold` reads it (the JSON only: eval
+never imports a training stage) and :func:`evaluate` labels every operating point with where its
+threshold came from (``chosen_on``), a test-chosen one as optimistic.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +40,8 @@ from cxrkit.errors import ConfigError, DataError, MissingFileError
 from cxrkit.eval import bootstrap, classification
 from cxrkit.eval.predictions import Issues, match_ids, validate_predictions
 
+# the file cxrkit.multitask.ensemble writes (its ENSEMBLE_FILE; a test keeps the two names equal)
+ENSEMBLE_FILE = "ensemble.json"
 NO_FINDING = "no finding"  # compared after normalisation: "No Finding" (NIH), "No finding" (VinDr)
 OTHER_GROUP = "other"
 
@@ -105,6 +116,62 @@ def load_risk_groups(path: str | Path) -> dict[str, tuple[str, ...]]:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     check_risk_groups(groups, source=str(path))
     return {str(g): tuple(str(f) for f in fs) for g, fs in groups.items()}
+
+
+@dataclass(frozen=True)
+class SavedThreshold:
+    """The operating point a screening ensemble chose before the test: ``threshold`` on its
+    scores, chosen on ``split`` (``None`` when the file does not say), read from ``path``."""
+
+    threshold: float
+    split: str | None
+    how: str  # "svm" (the SVM's own decision, 0) or "sensitivity" (the target on ``split``)
+    target_sensitivity: float | None
+    path: Path
+
+    def label(self) -> str:
+        """``"chosen on the val split at sensitivity 0.99, from runs/x/ensemble.json"`` and the
+        like."""
+        on = f"the {self.split} split" if self.split else "its calibration split"
+        if self.how == "svm":
+            what = f"the SVM's own decision, fitted on {on}"
+        elif self.target_sensitivity is None:
+            what = f"chosen on {on}"
+        else:
+            what = f"chosen on {on} at sensitivity {self.target_sensitivity:g}"
+        return f"{what}, from {self.path}"
+
+
+def saved_threshold(directory: str | Path) -> SavedThreshold | None:
+    """The threshold saved in ``directory/ensemble.json``, or None when there is no such file.
+
+    Raises:
+        DataError: the file exists but is not JSON or has no numeric ``threshold``.
+    """
+    path = Path(directory) / ENSEMBLE_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        threshold = float(doc["threshold"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: no readable 'threshold' in the ensemble file ({exc})") from exc
+    if not math.isfinite(threshold):
+        raise DataError(f"{path}: the saved threshold is {threshold}; retrain the ensemble")
+    calibration = doc.get("calibration") if isinstance(doc.get("calibration"), dict) else {}
+    target = doc.get("target_sensitivity")
+    return SavedThreshold(
+        threshold=threshold,
+        split=calibration.get("split"),
+        how=str(doc.get("operating_point", "sensitivity")),
+        target_sensitivity=None if target is None else float(target),
+        path=path,
+    )
+
+
+def optimistic_label(split: str | None) -> str:
+    """How a report names a threshold chosen on the images it scores."""
+    return f"optimistic: threshold chosen on the {split or 'evaluated'} split"
 
 
 def reference_abnormal(record: Record) -> bool | None:
@@ -211,6 +278,9 @@ def evaluate(
     level: float = 0.95,
     allow_missing: bool = False,
     curves: bool = True,
+    threshold_source: str = "given",
+    threshold_optimistic: bool = False,
+    split: str | None = None,
 ) -> dict[str, object]:
     """Confusion matrix, sensitivity, specificity and misses by risk group.
 
@@ -226,13 +296,21 @@ def evaluate(
             of every interval (exact Clopper-Pearson for sensitivity and specificity).
         allow_missing: tolerate and report missing ids and NaN scores.
         curves: include the ROC points.
+        threshold_source: where ``threshold`` comes from, for the report (``"given"``, or
+            :meth:`SavedThreshold.label`); the point at ``target_sensitivity`` is always chosen on
+            these images and labelled optimistic (:func:`optimistic_label`).
+        threshold_optimistic: ``threshold`` was chosen on these same images (a saved threshold
+            whose calibration split is the one scored); its point is then labelled optimistic.
+        split: the split these images are, for the labels (None: "the evaluated split").
 
     Returns:
         A JSON-able dict with ``kind``, ``settings``, ``counts``, ``auroc``, ``operating_points``
         (``at_threshold`` and / or ``at_target_sensitivity``: the confusion matrix
         ``ai_normal_ref_normal``, ``ai_normal_ref_abnormal``, ``ai_abnormal_ref_normal``,
         ``ai_abnormal_ref_abnormal``, sensitivity, specificity, PPV, NPV with intervals, and
-        ``risk_groups`` with the misses of each group), ``issues`` and ``curves``.
+        ``risk_groups`` with the misses of each group; ``chosen_on`` says where the threshold
+        came from and ``optimistic`` whether it was chosen on these images), ``issues`` and
+        ``curves``.
     """
     bootstrap.check_settings(n_bootstrap=n_bootstrap, level=level)
     if threshold is None and target_sensitivity is None:
@@ -299,13 +377,26 @@ def evaluate(
 
     points: dict[str, object] = {}
     if threshold is not None:
-        points["at_threshold"] = operating_point(threshold)
+        points["at_threshold"] = {
+            **operating_point(threshold),
+            "chosen_on": (
+                f"{optimistic_label(split)} ({threshold_source})"
+                if threshold_optimistic
+                else threshold_source
+            ),
+            "optimistic": threshold_optimistic,
+        }
     if target_sensitivity is not None:
         if (y == 1).any():
             t = classification.threshold_for_sensitivity(
                 y_true=y, y_score=s, target=target_sensitivity
             )
-            points["at_target_sensitivity"] = {"target": target_sensitivity, **operating_point(t)}
+            points["at_target_sensitivity"] = {
+                "target": target_sensitivity,
+                **operating_point(t),
+                "chosen_on": optimistic_label(split),
+                "optimistic": True,
+            }
         else:
             issues.add("no_abnormal_image_for_target_sensitivity", ["all reference images normal"])
     unlisted = sorted({f for fs in findings_of for f in fs if _group_of(f, lookup) == OTHER_GROUP})
@@ -313,6 +404,7 @@ def evaluate(
         "kind": "screening",
         "settings": {
             "threshold": threshold,
+            "threshold_source": threshold_source if threshold is not None else None,
             "target_sensitivity": target_sensitivity,
             "n_bootstrap": n_bootstrap,
             "seed": seed,

@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cxrkit import engine
 from cxrkit.data.cache import Cache, Geometry
 from cxrkit.data.records import Record
 from cxrkit.errors import DataError
+from cxrkit.progress import track
 
 DETECTION_COLUMNS = ("image_id", "finding", "score", "x1", "y1", "x2", "y2")
 
@@ -112,7 +112,7 @@ def predict(
         train=False,
     )
     frames = []
-    for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+    for batch in track(loader, desc="predict", unit="batch", enabled=progress):
         images = [image.to(device) for image in batch["image"]]
         outputs = model(images)
         frames.append(

@@ -42,6 +42,7 @@ def open_split(
     *,
     manifest: str | None = None,
     cache: str | None = None,
+    root: str | None = None,
     split: str = "test",
     device: str = "auto",
     progress: bool = True,
@@ -53,7 +54,10 @@ def open_split(
     """
     model, config = load(model_path)
     data = dataclasses.replace(
-        config.data, manifest=manifest or config.data.manifest, cache=cache or config.data.cache
+        config.data,
+        manifest=manifest or config.data.manifest,
+        cache=cache or config.data.cache,
+        root=root or config.data.root,  # --root: where the manifest's images are now
     )
     if not data.manifest or not data.cache:
         raise ConfigError(f"{model_path}: the detector names no manifest/cache; give them")
@@ -82,6 +86,7 @@ def predict_split(
     score_thresh: float | None = None,
     manifest: str | None = None,
     cache: str | None = None,
+    root: str | None = None,
     split: str = "test",
     batch_size: int = 8,
     num_workers: int = 0,
@@ -105,7 +110,13 @@ def predict_split(
     if submission:
         io.check_output_file(submission)
     s = open_split(
-        model_path, manifest=manifest, cache=cache, split=split, device=device, progress=progress
+        model_path,
+        manifest=manifest,
+        cache=cache,
+        root=root,
+        split=split,
+        device=device,
+        progress=progress,
     )
     if score_thresh is not None:
         s.model.roi_heads.score_thresh = score_thresh
@@ -142,6 +153,7 @@ def explain_split(
     ablation_ratio: float = 1.0,
     manifest: str | None = None,
     cache: str | None = None,
+    root: str | None = None,
     split: str = "test",
     batch_size: int = 8,
     device: str = "auto",
@@ -154,7 +166,13 @@ def explain_split(
         ConfigError: an image id not in the split, and as :func:`open_split`.
     """
     s = open_split(
-        model_path, manifest=manifest, cache=cache, split=split, device=device, progress=progress
+        model_path,
+        manifest=manifest,
+        cache=cache,
+        root=root,
+        split=split,
+        device=device,
+        progress=progress,
     )
     records = s.records
     if image_ids:

@@ -24,6 +24,7 @@ from typing import Any
 
 from cxrkit.errors import ConfigError
 from cxrkit.io import atomic_write, check_output_dir
+from cxrkit.progress import format_duration
 
 SCALES = ("paper", "tiny")
 
@@ -44,14 +45,6 @@ class StagePlan:
     description: str
     estimate_s: float | None = None
     basis: str = ""
-
-
-def _fmt_duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _jsonable(value: Any) -> Any:
@@ -97,6 +90,10 @@ class Pipeline:
         self._log = log or (lambda line: print(line, flush=True))
         self._start = time.perf_counter()
         self._done_count = 0
+        # seconds taken and estimated by the stages run so far (with an estimate): the ETA scales
+        # the remaining estimates by their ratio, so a slower machine than estimated shows
+        self._taken_s = 0.0
+        self._estimated_s = 0.0
 
     # ----------------------------------------------------------------------------------------
     def marker(self, stage: str) -> Path:
@@ -122,10 +119,10 @@ class Pipeline:
                     unknown += 1
                 else:
                     remaining += s.estimate_s
-            estimate = "" if s.estimate_s is None else f" ~{_fmt_duration(s.estimate_s)}"
+            estimate = "" if s.estimate_s is None else f" ~{format_duration(s.estimate_s)}"
             basis = f" ({s.basis})" if s.basis and s.estimate_s is not None else ""
             lines.append(f"  {k:>2}. {s.name:<28} {state:<12} {s.description}{estimate}{basis}")
-        total = f"estimated time to run: {_fmt_duration(remaining)}"
+        total = f"estimated time to run: {format_duration(remaining)}"
         if unknown:
             total += f" (+{unknown} stage(s) without an estimate)"
         lines.append(total)
@@ -190,6 +187,14 @@ class Pipeline:
         began = time.perf_counter()
         result = _jsonable(dict(fn()))
         seconds = time.perf_counter() - began
+        estimated = ""
+        if plan.estimate_s is not None:
+            self._taken_s += seconds
+            self._estimated_s += plan.estimate_s
+            estimated = f", estimated {format_duration(plan.estimate_s)}"
+        self._log(
+            f"[{k}/{len(self.stages)}] {stage}: finished in {format_duration(seconds)}{estimated}"
+        )
         atomic_write(
             marker,
             json.dumps(
@@ -202,12 +207,23 @@ class Pipeline:
         return result
 
     def _eta(self, k: int) -> str:
+        """``", about 2 h left"``: the estimates of this and the later stages to run, scaled by
+        how the stages run so far compared with their estimates."""
         rest = [
             s.estimate_s
             for s in self.stages[k - 1 :]
             if s.estimate_s is not None and not self.finished(s.name) and self._selected(s.name)
         ]
-        return f", about {_fmt_duration(sum(rest))} left" if rest else ""
+        if not rest:
+            return ""
+        left = sum(rest)
+        if self._estimated_s > 0 and self._taken_s > 0:
+            speed = self._taken_s / self._estimated_s
+            return (
+                f", about {format_duration(left * speed)} left "
+                f"(estimates x{speed:.2g}, as the stages so far ran)"
+            )
+        return f", about {format_duration(left)} left"
 
     def result(self, stage: str) -> dict[str, Any]:
         """What a finished ``stage`` returned.

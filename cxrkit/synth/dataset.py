@@ -82,13 +82,13 @@ def _validate(
 def _results(
     jobs: list[tuple[PlannedImage, int, int, str]], *, workers: int, progress: bool
 ) -> Iterator[dict[str, Any]]:
-    from tqdm import tqdm
+    from cxrkit.progress import Progress
 
-    bar = tqdm(
+    bar = Progress(
         total=len(jobs),
         desc="cxrkit synth",
         unit="img",
-        disable=not progress or len(jobs) < _TQDM_MIN_ITEMS,
+        enabled=progress and len(jobs) >= _TQDM_MIN_ITEMS,
     )
     try:
         if workers == 1:
@@ -133,7 +133,7 @@ def generate(
         ap_fraction: probability of an AP film.
         workers: processes rendering in parallel.
         datasets: any of "nih", "vindr".
-        progress: show a tqdm bar (only for 200 images or more).
+        progress: show progress (a bar, or rate and ETA lines in a log; 200 images or more).
 
     Raises:
         ConfigError: an argument out of range.

@@ -11,7 +11,7 @@ from cxrkit.errors import ConfigError
 def test_open_records_reads_the_manifest_once(monkeypatch, split_data) -> None:
     reads = []
     real = loading.read_manifest
-    monkeypatch.setattr(loading, "read_manifest", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(loading, "read_manifest", lambda p, **kw: reads.append(p) or real(p, **kw))
     cache, records = loading.open_records(split_data, progress=False)
     assert len(reads) == 1 and len(records) == 4 and "i3" in cache
     assert [r.image_id for r in loading.in_split(records, "train")] == ["i0", "i1"]

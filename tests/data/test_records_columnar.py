@@ -12,22 +12,35 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cxrkit.data.records import SCHEMA, Box, Record, read_manifest, write_manifest
+from cxrkit.data.records import (
+    SCHEMA,
+    Box,
+    Record,
+    manifest_root,
+    read_manifest,
+    write_manifest,
+)
 
 
 def reference_read(path: Path) -> list[Record]:
-    """What read_manifest did before: every row through Table.to_pylist, parsed eagerly."""
+    """What read_manifest did before: every row through Table.to_pylist, parsed eagerly; relative
+    paths joined to the recorded root (issue 14: the Parquet stores paths relative to it)."""
+    root = manifest_root(path)
+
+    def resolved(p: str) -> str:
+        return p if root is None or Path(p).is_absolute() else str(root / p)
+
     return [
         Record(
             image_id=row["image_id"],
             source=row["source"],
-            path=row["path"],
+            path=resolved(row["path"]),
             patient_id=row["patient_id"],
             view=row["view"],
             split=row["split"],
             labels={k: int(v) for k, v in (row["labels"] or [])},
             boxes=[Box(**b) for b in (row["boxes"] or [])],
-            mask_paths=dict(row["mask_paths"] or []),
+            mask_paths={k: resolved(v) for k, v in (row["mask_paths"] or [])},
             width=int(row["width"]),
             height=int(row["height"]),
             meta=json.loads(row["meta"]) if row["meta"] else {},

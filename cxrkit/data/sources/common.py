@@ -449,7 +449,12 @@ class ManifestSummary:
 
 
 def write_prepared(
-    prepared: Prepared, *, out: Path, root: Path, strict_views: bool = False
+    prepared: Prepared,
+    *,
+    out: Path,
+    root: Path,
+    strict_views: bool = False,
+    manifest_root: Path | None = None,
 ) -> ManifestSummary:
     """Write the manifest ``out`` and, when images were skipped, ``<out_stem>_errors.csv`` beside
     it (a stale errors file of an earlier run is removed: it would describe another manifest).
@@ -460,6 +465,8 @@ def write_prepared(
     Args:
         root: the dataset folder, named when there is nothing to write.
         strict_views: refuse records whose view string is not PA/AP/LL or a known spelling.
+        manifest_root: the root the manifest records, its paths relative to it
+            (:func:`cxrkit.data.records.write_manifest`; None: the images' deepest common folder).
 
     Raises:
         DataError: no usable records (the errors file, if any, is written first), or, with
@@ -491,7 +498,7 @@ def write_prepared(
     unrecognised = view_warning(r.meta[VIEW_UNRECOGNISED] for r in odd)
     if unrecognised is not None:
         warnings.append(unrecognised)
-    write_manifest(records, out, warnings=warnings)
+    write_manifest(records, out, warnings=warnings, root=manifest_root)
     write_errors(issues, out=out)
     return ManifestSummary(
         path=out,
