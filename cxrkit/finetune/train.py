@@ -112,6 +112,7 @@ def fit(config: FinetuneConfig, *, resume: str | Path | bool = "auto") -> engine
         batch_size=data.batch_size,
         num_workers=data.num_workers,
         train=True,
+        seed=config.trainer.seed,  # data order and augmentation: exact resume (cxrkit.engine.fit)
     )
     val_loader = None
     if has_val:

@@ -73,15 +73,22 @@ def build_dataset(
 
 
 def build_loader(
-    dataset: MultiTaskDataset, *, batch_size: int, num_workers: int, train: bool
+    dataset: MultiTaskDataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    train: bool,
+    seed: int | None = None,
 ) -> DataLoader:
-    """:func:`cxrkit.engine.build_loader`, without a ragged last batch when training."""
+    """:func:`cxrkit.engine.build_loader`, without a ragged last batch when training; a training
+    loader's order and augmentation come from ``seed`` (epoch and position), resumable mid-epoch."""
     return engine.build_loader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
         train=train,
         drop_last=train and len(dataset) > batch_size,
+        seed=seed,
     )
 
 
@@ -342,6 +349,7 @@ def train_stage(
             batch_size=config.data.batch_size,
             num_workers=config.data.num_workers,
             train=train,
+            seed=trainer_config.seed,
         )
         if records
         else None
