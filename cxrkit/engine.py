@@ -627,23 +627,27 @@ def build_loader(
     :func:`fit` shards it under DDP and resumes it mid-epoch); else the dataset's order.
 
     Args:
-        seed: the run's seed for a training loader; default torch's initial seed (what
-            :func:`prepare_run` seeded).
+        seed: the run's seed (order, augmentation, worker seeds); default torch's initial seed
+            (what :func:`prepare_run` seeded).
     """
     from torch.utils.data import DataLoader
 
     from cxrkit.data.datasets import collate
     from cxrkit.data.sampling import ResumableSampler, SeededItems
 
+    seed = (torch.initial_seed() if seed is None else seed) % 2**63
     if train and sampler is None:
-        seed = torch.initial_seed() if seed is None else seed
-        sampler = ResumableSampler(dataset, seed=seed % 2**63)
+        sampler = ResumableSampler(dataset, seed=seed)
         dataset = SeededItems(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         sampler=sampler,
+        # Each iterator draws its workers' base seed from this generator, not from torch's global
+        # RNG, which the model's steps use (Faster R-CNN samples proposals with it): a resumed
+        # run creates one iterator more than an uninterrupted one, and must not shift that RNG.
+        generator=torch.Generator().manual_seed(seed),
         drop_last=drop_last,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
