@@ -77,6 +77,16 @@ def _config(toy: ToyData, out: Path) -> finetune.Config:
     )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared CPU, OpenMP threads spin waiting for each other and a
+    small step takes many times longer (190 s instead of 33 s for the multitask resume test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class _Killed(Exception):
     """Stands for SIGKILL / a lost node in the middle of a step."""
 
