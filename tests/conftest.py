@@ -22,6 +22,19 @@ def _empty_torch_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test (``pytest.mark.usefixtures("one_thread")``): on a
+    shared CPU, OpenMP threads spin waiting for each other and small training steps take many
+    times longer (tests/multitask/test_resume_seeded.py: 190 s with two threads, 33 s with one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the real sample data (nih/, dicom/, chestx-det/); skips the test when absent."""

@@ -27,6 +27,8 @@ from cxrkit.finetune.module import DetectorModule
 
 from .toy_vindr import SIZE, ToyData, tiny_overrides
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 TINY = Path(__file__).resolve().parents[2] / "configs" / "finetune" / "tiny_faster_rcnn.yaml"
 STEPS = 7  # 8 training images, batch 2: 4 steps an epoch, so the run ends mid-epoch too
 
@@ -75,16 +77,6 @@ def _config(toy: ToyData, out: Path) -> finetune.Config:
             "trainer.checkpoint_every_n_steps=1",
         ],
     )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared CPU, OpenMP threads spin waiting for each other and a
-    small step takes many times longer (190 s instead of 33 s for the multitask resume test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class _Killed(Exception):

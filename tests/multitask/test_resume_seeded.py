@@ -16,6 +16,8 @@ from cxrkit.multitask.module import MultiTaskModule
 
 from .conftest import CONFIGS, Phantoms
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 # The 8 validation phantoms (all with their masks) as the training set, batch 2: 4 steps an epoch,
 # so the run ends mid-epoch too; small, because a step of the three heads is what costs here.
 STEPS = 6
@@ -40,16 +42,6 @@ def _config(phantoms: Phantoms, out: Path, *extra: str) -> MultiTaskConfig:
             *extra,
         ],
     )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared CPU, OpenMP threads spin waiting for each other and a
-    small step takes many times longer (190 s instead of 33 s for the multitask resume test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class _Killed(Exception):
