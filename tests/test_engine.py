@@ -106,6 +106,32 @@ def test_shuffled_loader_differs_per_epoch_and_is_independent_of_workers():
     assert torch.equal(zero[0].sort().values, zero[1].sort().values)  # of the same 64 items
 
 
+def test_fit_shards_a_training_loader_and_keeps_its_position(tmp_path):
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler
+
+    from cxrkit.data.sampling import ResumableSampler, SeededItems
+
+    loader = _loader()
+    assert isinstance(loader.sampler, ResumableSampler)
+    assert isinstance(loader.dataset, SeededItems)
+    trainer = engine.build_trainer(config=_config(max_steps=3), output_dir=tmp_path)
+    engine.fit(trainer=trainer, module=_Regression(), train_dataloaders=loader, output_dir=tmp_path)
+    [tracker] = [c for c in trainer.callbacks if getattr(c, "sampler", None) is loader.sampler]
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    assert {"epoch": 0, "batches_done": 3} in saved.values()  # stopped 3 batches into epoch 0
+    # under DDP each rank gets its DistributedSampler share (what setup does with the trainer's)
+    tracker.setup(SimpleNamespace(world_size=2, global_rank=1), None, "fit")
+    reference = DistributedSampler(
+        list(range(64)), num_replicas=2, rank=1, shuffle=True, seed=0, drop_last=True
+    )
+    assert [i for i, _ in loader.sampler] == list(reference)
+    # a restored position starts the epoch that many batches in
+    tracker.load_state_dict({"epoch": 2, "batches_done": 3})
+    assert (loader.sampler.epoch, loader.sampler.skip) == (2, 24)
+
+
 def test_resume_false_starts_fresh_and_missing_path_is_explained(tmp_path):
     out = tmp_path / "run"
     _run(out, max_steps=2)

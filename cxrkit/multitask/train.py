@@ -227,7 +227,8 @@ def fit(config: MultiTaskConfig, *, resume: str | Path | bool = "auto") -> engin
     Args:
         resume: ``"auto"`` continues from ``OUTPUT_DIR/checkpoints/last.ckpt`` when present, a path
             from that checkpoint, ``False`` starts fresh. A resumed run does not read
-            ``encoder.weights``.
+            ``encoder.weights``, and continues mid-epoch with the batches and augmentations of
+            an uninterrupted run (both follow ``trainer.seed``, the epoch and the position).
 
     Returns:
         A multi-label run's artifacts ``"model"`` (``model.pt``, for :func:`load`) and, when

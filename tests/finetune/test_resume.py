@@ -43,40 +43,21 @@ def _config(toy: ToyData, out: Path, weights: Path) -> finetune.Config:
     )
 
 
-class _Killed(Exception):
-    """Stands for SIGKILL / a lost node in the middle of a step."""
-
-
 def test_resume_without_the_weights_file_matches_an_uninterrupted_run(
-    toy: ToyData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    toy: ToyData, tmp_path: Path, kill_at_step, assert_same_weights
 ) -> None:
     torch.manual_seed(3)
     weights, _ = export_backbone(state=build_resnet50().state_dict(), out_dir=tmp_path / "init")
     full = finetune.fit(_config(toy, tmp_path / "full", weights))
 
     split = _config(toy, tmp_path / "split", weights)
-    original_step = DetectorModule.training_step
-
-    def dying_step(self, batch, batch_idx):
-        if self.global_step == 3:  # the second step of the second epoch
-            raise _Killed
-        return original_step(self, batch, batch_idx)
-
-    with monkeypatch.context() as m:
-        m.setattr(DetectorModule, "training_step", dying_step)
-        with pytest.raises(_Killed):
-            finetune.fit(split)
+    with kill_at_step(DetectorModule, 3):  # the second step of the second epoch
+        finetune.fit(split)
     last = tmp_path / "split" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 3
     weights.unlink()  # the checkpoint holds every weight: the file must not be read again
     resumed = finetune.fit(split)
-
-    last = "checkpoints/last.ckpt"
-    a = torch.load(full.output_dir / last, weights_only=True)
-    b = torch.load(resumed.output_dir / last, weights_only=True)
-    assert a["global_step"] == b["global_step"] == 4
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
+    assert_same_weights(full.output_dir, resumed.output_dir, step=4)
 
     # the Python API: the returned artifacts are what a user takes on
     assert set(resumed.artifacts) == {"detector", "predictions"}

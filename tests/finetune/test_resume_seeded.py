@@ -79,22 +79,6 @@ def _config(toy: ToyData, out: Path) -> finetune.Config:
     )
 
 
-class _Killed(Exception):
-    """Stands for SIGKILL / a lost node in the middle of a step."""
-
-
-def _weights(out: Path) -> dict[str, torch.Tensor]:
-    blob = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
-    assert blob["global_step"] == STEPS
-    return blob["state_dict"]
-
-
-def _assert_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key, value in a.items():
-        assert torch.equal(value, b[key]), key
-
-
 @pytest.fixture()
 def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(finetune_train, "build_detector", _tiny_detector)
@@ -102,29 +86,20 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("tiny")
 def test_seeded_runs_are_reproducible_and_a_killed_run_resumes_exactly(
-    toy: ToyData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    toy: ToyData, tmp_path: Path, kill_at_step, assert_same_weights
 ) -> None:
-    full = _weights(finetune.fit(_config(toy, tmp_path / "full")).output_dir)
+    full = finetune.fit(_config(toy, tmp_path / "full")).output_dir
     # (a) the same seed: the same weights, bit for bit (order and augmentation are seeded)
     torch.manual_seed(1234)  # whatever the process' RNG state before the run
-    _assert_equal(full, _weights(finetune.fit(_config(toy, tmp_path / "again")).output_dir))
+    assert_same_weights(full, finetune.fit(_config(toy, tmp_path / "again")).output_dir, step=STEPS)
 
     # (b) killed in the middle of the second epoch (its second batch), resumed from last.ckpt
     split = _config(toy, tmp_path / "split")
-    original_step = DetectorModule.training_step
-
-    def dying_step(self, batch, batch_idx):
-        if self.global_step == 5:
-            raise _Killed
-        return original_step(self, batch, batch_idx)
-
-    with monkeypatch.context() as m:
-        m.setattr(DetectorModule, "training_step", dying_step)
-        with pytest.raises(_Killed):
-            finetune.fit(split)
+    with kill_at_step(DetectorModule, 5):
+        finetune.fit(split)
     last = tmp_path / "split" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 5
-    _assert_equal(full, _weights(finetune.fit(split).output_dir))
+    assert_same_weights(full, finetune.fit(split).output_dir, step=STEPS)
 
 
 def test_augmented_items_depend_on_seed_epoch_and_position_not_on_workers(toy: ToyData) -> None:

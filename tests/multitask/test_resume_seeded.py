@@ -44,44 +44,19 @@ def _config(phantoms: Phantoms, out: Path, *extra: str) -> MultiTaskConfig:
     )
 
 
-class _Killed(Exception):
-    """Stands for SIGKILL / a lost node in the middle of a step."""
-
-
-def _weights(out: Path) -> dict[str, torch.Tensor]:
-    blob = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
-    assert blob["global_step"] == STEPS
-    return blob["state_dict"]
-
-
-def _assert_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key, value in a.items():
-        assert torch.equal(value, b[key]), key
-
-
 def test_seeded_runs_are_reproducible_and_a_killed_run_resumes_exactly(
-    phantoms: Phantoms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    phantoms: Phantoms, tmp_path: Path, kill_at_step, assert_same_weights
 ) -> None:
-    full = _weights(multitask.fit(_config(phantoms, tmp_path / "full")).output_dir)
+    full = multitask.fit(_config(phantoms, tmp_path / "full")).output_dir
     # (a) the same seed with two loader workers: the same weights, bit for bit
     torch.manual_seed(1234)  # whatever the process' RNG state before the run
-    two = _config(phantoms, tmp_path / "two", "data.num_workers=2")
-    _assert_equal(full, _weights(multitask.fit(two).output_dir))
+    two = multitask.fit(_config(phantoms, tmp_path / "two", "data.num_workers=2")).output_dir
+    assert_same_weights(full, two, step=STEPS)
 
     # (b) killed in the middle of the second epoch (its second batch), resumed from last.ckpt
     split = _config(phantoms, tmp_path / "split")
-    original_step = MultiTaskModule.training_step
-
-    def dying_step(self, batch, batch_idx):
-        if self.global_step == 5:
-            raise _Killed
-        return original_step(self, batch, batch_idx)
-
-    with monkeypatch.context() as m:
-        m.setattr(MultiTaskModule, "training_step", dying_step)
-        with pytest.raises(_Killed):
-            multitask.fit(split)
+    with kill_at_step(MultiTaskModule, 5):
+        multitask.fit(split)
     last = tmp_path / "split" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 5
-    _assert_equal(full, _weights(multitask.fit(split).output_dir))
+    assert_same_weights(full, multitask.fit(split).output_dir, step=STEPS)
