@@ -55,11 +55,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._interleave import turns  # noqa: E402
 from cxrkit import engine  # noqa: E402
 from cxrkit.config import PreprocessConfig, TrainerConfig  # noqa: E402
+from cxrkit.data.sampling import ResumableSampler, SeededItems  # noqa: E402
 from cxrkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet50  # noqa: E402
 from cxrkit.pretrain.config import OptimConfig, ViewsConfig  # noqa: E402
 from cxrkit.pretrain.data import PretrainData  # noqa: E402
 from cxrkit.pretrain.module import BarlowTwins  # noqa: E402
-from cxrkit.pretrain.sampling import ResumableSampler, SeededViews  # noqa: E402
 
 
 def make_batch(*, batch: int, size: int, pin: bool) -> dict[str, Any]:
@@ -219,7 +219,7 @@ class _PerEpochIterator(PretrainData):
     def train_dataloader(self):
         sampler = ResumableSampler(self.dataset, seed=self.seed)
         return engine.build_loader(
-            SeededViews(self.dataset),
+            SeededItems(self.dataset),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             train=True,

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
     from cxrkit.data.cache import Cache
     from cxrkit.data.records import Record
+    from cxrkit.data.sampling import ResumableSampler
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -351,10 +352,15 @@ def fit(
     when it exists, a path continues from that checkpoint, ``False`` starts fresh.
 
     Exact resume: weights, optimizer, scheduler, loop counters and callback state come back from
-    the checkpoint; a stage whose data order must continue exactly keeps its sampler position in
-    the checkpoint itself (see ``cxrkit.pretrain.sampling``). The checkpoint is loaded with
-    ``weights_only=True``: unpickling an untrusted file must never run code.
+    the checkpoint, and so does the data order: a training loader from :func:`build_loader`
+    (a :class:`~cxrkit.data.sampling.ResumableSampler` over seeded items) gets a callback here
+    that shards it over the trainer's ranks and keeps its position (epoch, batches done) in every
+    checkpoint, so a resumed run continues mid-epoch with the batches and augmentations an
+    uninterrupted run would have seen (pretraining keeps the same position in its data module).
+    The checkpoint is loaded with ``weights_only=True``: unpickling an untrusted file must never
+    run code.
     """
+    _track_sampler(trainer, train_dataloaders)
     trainer.fit(
         module,
         train_dataloaders=train_dataloaders,
@@ -539,6 +545,68 @@ def check_schedule_unchanged(
         )
 
 
+def data_position(trainer: L.Trainer) -> tuple[int, int]:
+    """Where a run's data order stands: ``(epoch, batches of it already trained on)``; the end of
+    an epoch is the start of the next. Read when a checkpoint is written."""
+    epoch = trainer.current_epoch
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    if done >= trainer.num_training_batches:
+        epoch, done = epoch + 1, 0
+    return int(epoch), int(done)
+
+
+def ignore_replay_warning() -> None:
+    """Lightning warns that a mid-epoch resume replays the epoch unless the *loader* is stateful;
+    a :class:`~cxrkit.data.sampling.ResumableSampler` starts where the checkpoint left off, so it
+    does not."""
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
+
+
+class _SamplerPosition(Callback):
+    """Shard a training loader's ``ResumableSampler`` over the trainer's ranks and keep its
+    position in every checkpoint (see :func:`fit`).
+
+    ``setup`` runs once the ranks exist and before the checkpoint is restored; the restore
+    (:meth:`load_state_dict`) runs before Lightning creates the loader's first iterator, so the
+    resumed epoch starts ``batches_done x batch_size`` items in.
+    """
+
+    def __init__(self, sampler: ResumableSampler, *, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+        self._trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        self.sampler.shard(num_replicas=trainer.world_size, rank=trainer.global_rank)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._trainer is None:
+            return {}
+        epoch, done = data_position(self._trainer)
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        self.sampler.epoch = int(state_dict["epoch"])
+        self.sampler.skip = int(state_dict["batches_done"]) * self.batch_size
+        ignore_replay_warning()
+
+
+def _track_sampler(trainer: L.Trainer, loader: Any) -> None:
+    from cxrkit.data.sampling import ResumableSampler
+
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, ResumableSampler):
+        return
+    for callback in trainer.callbacks:
+        if isinstance(callback, _SamplerPosition):
+            if callback.sampler is not sampler:
+                raise ValueError("this trainer already tracks another training loader's sampler")
+            return
+    trainer.callbacks.append(_SamplerPosition(sampler, batch_size=loader.batch_size))
+
+
 def build_loader(
     dataset: Dataset,
     *,
@@ -547,18 +615,39 @@ def build_loader(
     train: bool,
     drop_last: bool = False,
     sampler: Sampler | None = None,
+    seed: int | None = None,
 ) -> DataLoader:
-    """The DataLoader every stage uses: cxrkit's ``collate``, shuffled when training (unless a
-    ``sampler`` decides the order), worker processes kept alive, pinned memory on a GPU machine."""
+    """The DataLoader every stage uses: cxrkit's ``collate``, worker processes kept alive, pinned
+    memory on a GPU machine.
+
+    The order: a given ``sampler`` decides it (its keys index ``dataset``); else a training
+    loader is shuffled by a :class:`~cxrkit.data.sampling.ResumableSampler` of ``seed`` over
+    :class:`~cxrkit.data.sampling.SeededItems` of ``dataset`` (the permutation and every item's
+    augmentation depend only on seed, epoch and position, not on workers, ranks or restarts;
+    :func:`fit` shards it under DDP and resumes it mid-epoch); else the dataset's order.
+
+    Args:
+        seed: the run's seed (order, augmentation, worker seeds); default torch's initial seed
+            (what :func:`prepare_run` seeded).
+    """
     from torch.utils.data import DataLoader
 
     from cxrkit.data.datasets import collate
+    from cxrkit.data.sampling import ResumableSampler, SeededItems
 
+    seed = (torch.initial_seed() if seed is None else seed) % 2**63
+    if train and sampler is None:
+        sampler = ResumableSampler(dataset, seed=seed)
+        dataset = SeededItems(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
+        shuffle=False,
         sampler=sampler,
+        # Each iterator draws its workers' base seed from this generator, not from torch's global
+        # RNG, which the model's steps use (Faster R-CNN samples proposals with it): a resumed
+        # run creates one iterator more than an uninterrupted one, and must not shift that RNG.
+        generator=torch.Generator().manual_seed(seed),
         drop_last=drop_last,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,

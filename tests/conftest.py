@@ -22,6 +22,65 @@ def _empty_torch_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
 
 
+class Killed(Exception):
+    """Stands for SIGKILL / a lost node in the middle of a training step."""
+
+
+@pytest.fixture
+def kill_at_step(monkeypatch):
+    """``with kill_at_step(ModuleClass, step): stage.fit(config)``: the run dies (:class:`Killed`,
+    which the block expects) as its step ``step`` starts, leaving the checkpoints written before."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def kill(module_class, step: int):
+        original = module_class.training_step
+
+        def dying_step(self, batch, batch_idx):
+            if self.global_step == step:
+                raise Killed
+            return original(self, batch, batch_idx)
+
+        with monkeypatch.context() as m:
+            m.setattr(module_class, "training_step", dying_step)
+            with pytest.raises(Killed):
+                yield
+
+    return kill
+
+
+@pytest.fixture
+def assert_same_weights():
+    """``assert_same_weights(run_a, run_b, step=k)``: both runs' ``checkpoints/last.ckpt`` are at
+    global step ``k`` and hold bit-identical weights (``torch.equal``, key by key)."""
+    import torch
+
+    def check(a: Path, b: Path, *, step: int) -> None:
+        blobs = [
+            torch.load(Path(d) / "checkpoints" / "last.ckpt", weights_only=True) for d in (a, b)
+        ]
+        assert [blob["global_step"] for blob in blobs] == [step, step]
+        first, second = (blob["state_dict"] for blob in blobs)
+        assert first.keys() == second.keys()
+        for key, value in first.items():
+            assert torch.equal(value, second[key]), key
+
+    return check
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test (``pytest.mark.usefixtures("one_thread")``): on a
+    shared CPU, OpenMP threads spin waiting for each other and small training steps take many
+    times longer (tests/multitask/test_resume_seeded.py: 190 s with two threads, 33 s with one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the real sample data (nih/, dicom/, chestx-det/); skips the test when absent."""

@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from cxrkit import engine
 from cxrkit.config import TrainerConfig, load
@@ -25,7 +25,7 @@ class _Regression(L.LightningModule):
         self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = batch["x"], batch["y"]
         losses = {"loss_mse": nn.functional.mse_loss(self.net(x).squeeze(1), y)}
         engine.check_finite(losses, step=self.global_step, image_ids=[f"img{batch_idx}"])
         loss = sum(losses.values())
@@ -33,7 +33,7 @@ class _Regression(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = batch["x"], batch["y"]
         self.log("val/neg_mse", -nn.functional.mse_loss(self.net(x).squeeze(1), y))
 
     def configure_optimizers(self):
@@ -42,12 +42,13 @@ class _Regression(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _loader() -> DataLoader:
+def _loader(*, train: bool = True, num_workers: int = 0) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=g)
     y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
-    # shuffle=False: the data order must not depend on RNG state for an exact-resume comparison
-    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
+    items = [{"x": xi, "y": yi} for xi, yi in zip(x, y, strict=True)]
+    # a training loader is shuffled by a ResumableSampler of the seed: exact resume mid-epoch
+    return engine.build_loader(items, batch_size=8, num_workers=num_workers, train=train, seed=0)
 
 
 def _config(**kw) -> TrainerConfig:
@@ -78,14 +79,57 @@ def test_run_directory_layout_and_checkpoints(tmp_path):
     assert any("lr-SGD" in r for r in rows)  # LearningRateMonitor
 
 
-def test_exact_resume_matches_uninterrupted_run(tmp_path):
-    full = _run(tmp_path / "full", max_steps=13, checkpoint_every_n_steps=100)
-    # stop after one epoch (8 batches; end-of-training checkpoint), continue the directory to 13.
-    # Mid-epoch stops need a resumable data order: cxrkit.pretrain.sampling tests that.
-    _run(tmp_path / "split", max_steps=8, checkpoint_every_n_steps=100)
-    resumed = _run(tmp_path / "split", max_steps=13, checkpoint_every_n_steps=100)
+@pytest.mark.parametrize("stops", [(8,), (5,), (3, 11)], ids=["epoch-end", "mid", "twice"])
+def test_exact_resume_of_a_shuffled_loader_matches_uninterrupted_run(tmp_path, stops):
+    full = _run(tmp_path / "full", max_steps=19, checkpoint_every_n_steps=100)
+    # stop at each step of `stops` (end-of-training checkpoint; 8 batches an epoch, so 8 is an
+    # epoch's end, 5, 3 and 11 are mid-epoch), continue the directory, finally to 19.
+    for stop in stops:
+        _run(tmp_path / "split", max_steps=stop, checkpoint_every_n_steps=100)
+    resumed = _run(tmp_path / "split", max_steps=19, checkpoint_every_n_steps=100)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
-        assert torch.allclose(a, b, atol=1e-6), name
+        assert torch.equal(a, b), name
+
+
+def test_shuffled_loader_differs_per_epoch_and_is_independent_of_workers():
+    def epoch_orders(loader, epochs=2):
+        out = []
+        for epoch in range(epochs):
+            loader.sampler.set_epoch(epoch)
+            out.append(torch.cat([b["y"] for b in loader]))
+        return out
+
+    zero = epoch_orders(_loader(num_workers=0))
+    two = epoch_orders(_loader(num_workers=2))
+    assert all(torch.equal(a, b) for a, b in zip(zero, two, strict=True))
+    assert not torch.equal(zero[0], zero[1])  # a new permutation each epoch
+    assert torch.equal(zero[0].sort().values, zero[1].sort().values)  # of the same 64 items
+
+
+def test_fit_shards_a_training_loader_and_keeps_its_position(tmp_path):
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler
+
+    from cxrkit.data.sampling import ResumableSampler, SeededItems
+
+    loader = _loader()
+    assert isinstance(loader.sampler, ResumableSampler)
+    assert isinstance(loader.dataset, SeededItems)
+    trainer = engine.build_trainer(config=_config(max_steps=3), output_dir=tmp_path)
+    engine.fit(trainer=trainer, module=_Regression(), train_dataloaders=loader, output_dir=tmp_path)
+    [tracker] = [c for c in trainer.callbacks if getattr(c, "sampler", None) is loader.sampler]
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    assert {"epoch": 0, "batches_done": 3} in saved.values()  # stopped 3 batches into epoch 0
+    # under DDP each rank gets its DistributedSampler share (what setup does with the trainer's)
+    tracker.setup(SimpleNamespace(world_size=2, global_rank=1), None, "fit")
+    reference = DistributedSampler(
+        list(range(64)), num_replicas=2, rank=1, shuffle=True, seed=0, drop_last=True
+    )
+    assert [i for i, _ in loader.sampler] == list(reference)
+    # a restored position starts the epoch that many batches in
+    tracker.load_state_dict({"epoch": 2, "batches_done": 3})
+    assert (loader.sampler.epoch, loader.sampler.skip) == (2, 24)
 
 
 def test_resume_false_starts_fresh_and_missing_path_is_explained(tmp_path):
@@ -129,7 +173,7 @@ def test_check_finite_names_term_step_and_images():
 def test_non_finite_loss_stops_training(tmp_path):
     class Exploding(_Regression):
         def training_step(self, batch, batch_idx):
-            x, y = batch
+            x, y = batch["x"], batch["y"]
             scale = float("nan") if self.global_step == 2 else 1.0
             losses = {"loss_mse": nn.functional.mse_loss(self.net(x).squeeze(1), y) * scale}
             engine.check_finite(losses, step=self.global_step, image_ids=[f"img{batch_idx}"])

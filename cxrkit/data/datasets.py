@@ -15,9 +15,14 @@ Contracts shared by all of them:
 
 The Datasets are safe for DataLoader workers under fork and spawn: ``__init__`` opens no files, and
 per-item targets are packed into one byte buffer (so forked workers do not copy millions of Python
-objects' pages by touching their reference counts). Each worker reseeds the augmentation from the
-worker's torch seed; albumentations keeps its own generator, which every forked worker would
-otherwise inherit in the same state, repeating one worker's "random" augmentation in all of them.
+objects' pages by touching their reference counts).
+
+Augmentation randomness: albumentations 2 keeps a generator per ``Compose`` and ignores the global
+seed. Training loaders (:class:`cxrkit.data.sampling.SeededItems`) call :meth:`set_random_seed`
+with a seed of (run seed, epoch, position) before each item, so an augmented item is reproducible
+and the same whatever the number of workers. Used without that (a plain DataLoader), each worker
+reseeds the augmentation from the worker's torch seed: every forked worker would otherwise inherit
+the generator in the same state, repeating one worker's "random" augmentation in all of them.
 """
 
 from __future__ import annotations
@@ -168,7 +173,8 @@ class _CacheDataset(Dataset):
             )
         self.cache = cache
         self._ids = np.array([r.image_id for r in records], dtype=str)  # no per-item objects
-        self._seeded_with: int | None = None
+        self._seeded_with: int | None = None  # the worker seed the transform was seeded with
+        self._item_seeded = False  # set_random_seed was called: items are seeded one by one
 
     def __len__(self) -> int:
         return len(self._items)
@@ -192,10 +198,23 @@ class _CacheDataset(Dataset):
                 f"{type(exc).__name__}: {exc}"
             ) from exc
 
+    def set_random_seed(self, seed: int) -> None:
+        """Seed the augmentation's own generator (albumentations ``Compose.set_random_seed``) for
+        the next item; from then on the per-worker seeding is off (the caller seeds each item)."""
+        self._item_seeded = True
+        transform = self._random_transform()
+        if transform is not None and hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(seed)
+
     def _seed_worker(self) -> None:
         transform = self._random_transform()
         info = get_worker_info()
-        if info is None or transform is None or not hasattr(transform, "set_random_seed"):
+        if (
+            self._item_seeded
+            or info is None
+            or transform is None
+            or not hasattr(transform, "set_random_seed")
+        ):
             return
         if self._seeded_with != info.seed:
             transform.set_random_seed(info.seed % 2**32)
@@ -227,9 +246,11 @@ class UnlabeledDataset(_CacheDataset):
 
     * ``transform(image)`` for a plain callable taking the uint8 (H, W) ndarray; for two-view
       pretraining it returns the views (e.g. a list of two tensors), which :func:`collate` batches
-      per view. Randomness from ``torch``, ``numpy`` or ``random`` differs per DataLoader worker
-      (torch seeds them); a transform with its own generator should offer ``set_random_seed(seed)``,
-      which each worker calls with its torch seed.
+      per view. Randomness from ``torch``, ``numpy`` or ``random`` is seeded per item by the
+      training loader (:class:`~cxrkit.data.sampling.SeededItems`), else differs per DataLoader
+      worker (torch seeds them); a transform with its own generator should offer
+      ``set_random_seed(seed)``, which :meth:`set_random_seed` calls per item (or each worker with
+      its torch seed).
     * an albumentations ``Compose``'s output converted to FloatTensor[1, H, W] in [0, 1];
     * FloatTensor[1, H, W] in [0, 1] with ``transform=None``.
     """

@@ -63,7 +63,9 @@ def fit(config: FinetuneConfig, *, resume: str | Path | bool = "auto") -> engine
 
     Resumes from ``OUT/checkpoints/last.ckpt`` when present (``resume="auto"``), from a given
     checkpoint path, or starts fresh (``False``). A resumed run does not read the initial-weights
-    file (``model.weights``): the checkpoint holds every weight.
+    file (``model.weights``): the checkpoint holds every weight. The training order and every
+    image's augmentation follow ``trainer.seed`` (with the epoch and position), so two runs with
+    one seed train alike and a run resumed mid-epoch continues as the uninterrupted run would.
 
     Returns:
         ``artifacts["detector"]`` (``detector.pt``, the best weights) and, with a validation split,
@@ -115,6 +117,7 @@ def fit(config: FinetuneConfig, *, resume: str | Path | bool = "auto") -> engine
         batch_size=data.batch_size,
         num_workers=data.num_workers,
         train=True,
+        seed=config.trainer.seed,  # data order and augmentation: exact resume (cxrkit.engine.fit)
     )
     val_loader = None
     if has_val:

@@ -102,6 +102,12 @@ class MultiTaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def set_random_seed(self, seed: int) -> None:
+        """Seed ``base``'s augmentation for the next item (the only randomness of an item)."""
+        reseed = getattr(self.base, "set_random_seed", None)
+        if reseed is not None:
+            reseed(seed)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = dict(self.base[index])
         record = self.records[index]

@@ -74,15 +74,22 @@ def build_dataset(
 
 
 def build_loader(
-    dataset: MultiTaskDataset, *, batch_size: int, num_workers: int, train: bool
+    dataset: MultiTaskDataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    train: bool,
+    seed: int | None = None,
 ) -> DataLoader:
-    """:func:`cxrkit.engine.build_loader`, without a ragged last batch when training."""
+    """:func:`cxrkit.engine.build_loader`, without a ragged last batch when training; a training
+    loader's order and augmentation come from ``seed`` (epoch and position), resumable mid-epoch."""
     return engine.build_loader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
         train=train,
         drop_last=train and len(dataset) > batch_size,
+        seed=seed,
     )
 
 
@@ -221,7 +228,8 @@ def fit(config: MultiTaskConfig, *, resume: str | Path | bool = "auto") -> engin
     Args:
         resume: ``"auto"`` continues from ``OUTPUT_DIR/checkpoints/last.ckpt`` when present, a path
             from that checkpoint, ``False`` starts fresh. A resumed run does not read
-            ``encoder.weights``.
+            ``encoder.weights``, and continues mid-epoch with the batches and augmentations of
+            an uninterrupted run (both follow ``trainer.seed``, the epoch and the position).
 
     Returns:
         A multi-label run's artifacts ``"model"`` (``model.pt``, for :func:`load`) and, when
@@ -345,6 +353,7 @@ def train_stage(
             batch_size=config.data.batch_size,
             num_workers=config.data.num_workers,
             train=train,
+            seed=trainer_config.seed,
         )
         if records
         else None

@@ -4,7 +4,7 @@ Batches leave the workers as ``{"image_id": list[str], "image": [view_a, view_b]
 a ByteTensor ``[B, 1, S, S]`` (uint8 grey on the wire, see :mod:`cxrkit.pretrain.transforms`) and
 reach the model, after the transfer to its device, as FloatTensor ``[B, 1, S, S]`` in ``[0, 1]``
 (:meth:`PretrainData.on_after_batch_transfer`). The data order and the views are reproducible
-and resumable mid-epoch (:mod:`cxrkit.pretrain.sampling`): the position is saved in every
+and resumable mid-epoch (:mod:`cxrkit.data.sampling`): the position is saved in every
 checkpoint and restored before the loader is built.
 
 No stall at epoch boundaries: a DataLoader, even with persistent workers, refills its queue only
@@ -12,14 +12,13 @@ when the next epoch's iterator is created, so the first batch of every epoch wai
 to build a whole batch alone (768 pairs at 200 pairs/s: about 4 s, where a step takes 0.5 s). Here
 one loader iterator runs through all epochs (:class:`EpochSpanningLoader`): the workers build the
 next epoch's first batches while the last steps of this one train. Each epoch is still exactly
-:class:`~cxrkit.pretrain.sampling.ResumableSampler`'s (same items, views and tail dropped).
+:class:`~cxrkit.data.sampling.ResumableSampler`'s (same items, views and tail dropped).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from itertools import count
 from typing import Any
@@ -31,9 +30,9 @@ from cxrkit import engine
 from cxrkit.data import datasets
 from cxrkit.data.cache import Cache
 from cxrkit.data.records import Record
+from cxrkit.data.sampling import ResumableSampler, SeededItems
 from cxrkit.errors import ConfigError
 from cxrkit.pretrain.config import ViewsConfig
-from cxrkit.pretrain.sampling import ResumableSampler, SeededViews
 from cxrkit.pretrain.transforms import build_view_transform, to_float_views
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ def view_pairs(
 
 
 class EpochKeys(Sampler[tuple[int, int]]):
-    """:class:`ResumableSampler`'s ``(index, view_seed)`` keys of epochs ``epoch``, ``epoch + 1``,
+    """:class:`ResumableSampler`'s ``(index, item_seed)`` keys of epochs ``epoch``, ``epoch + 1``,
     ... back to back, without end; each epoch cut to whole batches (its tail dropped, as
     ``drop_last`` does), so batches never straddle two epochs. ``skip`` items of the first epoch
     are left out (a resume)."""
@@ -156,7 +155,7 @@ def check_shared_memory(*, pair_bytes: int, batch_size: int, num_workers: int) -
 
 def _pair_bytes(dataset: Dataset) -> int:
     """Bytes of one item's views, measured on item 0 (views are uint8 from the shipped recipes)."""
-    views = SeededViews(dataset)[(0, 0)]["image"]
+    views = SeededItems(dataset)[(0, 0)]["image"]
     return sum(v.element_size() * v.nelement() for v in views)
 
 
@@ -208,7 +207,7 @@ class PretrainData(L.LightningDataModule):
             skip=self._resume_batches * self.batch_size,
         )
         loader = engine.build_loader(
-            SeededViews(self.dataset),
+            SeededItems(self.dataset),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             train=True,
@@ -230,18 +229,12 @@ class PretrainData(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Where the data order stands: the epoch and the batches of it already trained on."""
-        trainer = self.trainer
-        if trainer is None:
+        if self.trainer is None:
             return {}
-        epoch = trainer.current_epoch
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if done >= trainer.num_training_batches:
-            epoch, done = epoch + 1, 0
-        return {"epoch": int(epoch), "batches_done": int(done)}
+        epoch, done = engine.data_position(self.trainer)
+        return {"epoch": epoch, "batches_done": done}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_epoch = int(state_dict.get("epoch", 0))
         self._resume_batches = int(state_dict.get("batches_done", 0))
-        # Lightning warns that a mid-epoch resume replays the epoch unless the *loader* is
-        # stateful; here the sampler starts where the checkpoint left off, so it does not.
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
+        engine.ignore_replay_warning()

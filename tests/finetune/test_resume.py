@@ -17,13 +17,15 @@ from cxrkit.pretrain.handoff import export_backbone
 
 from .toy_vindr import ToyData, tiny_overrides
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 TINY = Path(__file__).resolve().parents[2] / "configs" / "finetune" / "tiny_faster_rcnn.yaml"
 
 
 def _config(toy: ToyData, out: Path, weights: Path) -> finetune.Config:
-    # Deterministic data: no augmentation, and an interruption at an epoch boundary (8 training
-    # images, batch 4: two steps an epoch, a checkpoint every two), because a shuffled loader
-    # restarts its epoch on resume. Every run has the same length, hence the same lr schedule.
+    # Shuffled and augmented, interrupted mid-epoch (8 training images, batch 4: two steps an
+    # epoch, a checkpoint every step): the loader resumes where the checkpoint left off. Every
+    # run has the same length, hence the same lr schedule.
     return cxrkit.load_config(
         finetune.Config,
         TINY,
@@ -31,49 +33,31 @@ def _config(toy: ToyData, out: Path, weights: Path) -> finetune.Config:
             *tiny_overrides(toy, out),
             "model.init=checkpoint",
             f"model.weights={weights}",
-            "augment.enabled=false",
+            "augment.enabled=true",
+            "augment.hflip=true",
             "trainer.max_epochs=2",
             "trainer.max_steps=4",
-            "trainer.checkpoint_every_n_steps=2",
+            "trainer.checkpoint_every_n_steps=1",
             "trainer.val_check_interval=1.0",
         ],
     )
 
 
-class _Killed(Exception):
-    """Stands for SIGKILL / a lost node in the middle of a step."""
-
-
 def test_resume_without_the_weights_file_matches_an_uninterrupted_run(
-    toy: ToyData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    toy: ToyData, tmp_path: Path, kill_at_step, assert_same_weights
 ) -> None:
     torch.manual_seed(3)
     weights, _ = export_backbone(state=build_resnet50().state_dict(), out_dir=tmp_path / "init")
     full = finetune.fit(_config(toy, tmp_path / "full", weights))
 
     split = _config(toy, tmp_path / "split", weights)
-    original_step = DetectorModule.training_step
-
-    def dying_step(self, batch, batch_idx):
-        if self.global_step == 2:  # the first step of the second epoch
-            raise _Killed
-        return original_step(self, batch, batch_idx)
-
-    with monkeypatch.context() as m:
-        m.setattr(DetectorModule, "training_step", dying_step)
-        with pytest.raises(_Killed):
-            finetune.fit(split)
+    with kill_at_step(DetectorModule, 3):  # the second step of the second epoch
+        finetune.fit(split)
     last = tmp_path / "split" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 2
+    assert torch.load(last, weights_only=True)["global_step"] == 3
     weights.unlink()  # the checkpoint holds every weight: the file must not be read again
     resumed = finetune.fit(split)
-
-    last = "checkpoints/last.ckpt"
-    a = torch.load(full.output_dir / last, weights_only=True)
-    b = torch.load(resumed.output_dir / last, weights_only=True)
-    assert a["global_step"] == b["global_step"] == 4
-    for key, value in a["state_dict"].items():
-        assert torch.allclose(value, b["state_dict"][key], atol=1e-5), key
+    assert_same_weights(full.output_dir, resumed.output_dir, step=4)
 
     # the Python API: the returned artifacts are what a user takes on
     assert set(resumed.artifacts) == {"detector", "predictions"}

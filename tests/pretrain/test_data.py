@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from cxrkit.data.sampling import ResumableSampler
 from cxrkit.pretrain import data as data_mod
 from cxrkit.pretrain.data import EpochKeys, EpochSpanningLoader, PretrainData, check_shared_memory
-from cxrkit.pretrain.sampling import ResumableSampler
 
 
 def epoch_batches(n: int, *, batch: int, epoch: int, skip: int = 0, **kw) -> list[list]:

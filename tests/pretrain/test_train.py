@@ -14,12 +14,12 @@ import cxrkit
 from cxrkit import cli
 from cxrkit.config import load
 from cxrkit.data import loading
+from cxrkit.data.sampling import SeededItems
 from cxrkit.models import detectron2_export
 from cxrkit.pretrain import fit
 from cxrkit.pretrain.config import PretrainConfig
 from cxrkit.pretrain.data import view_pairs
 from cxrkit.pretrain.module import BarlowTwins
-from cxrkit.pretrain.sampling import SeededViews
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny_pretrain.yaml"
 
@@ -54,7 +54,7 @@ def test_tiny_run_lowers_the_loss(phantoms, tmp_path):
         manifest=config.data.manifest,
         split="all",
     )
-    views = SeededViews(pairs)
+    views = SeededItems(pairs)
     fixed = [views[(i, 1000 + i)] for i in range(8)]
     view = fixed[0]["image"][0]  # BYOL recipe: grey uint8 views, float on the device
     assert view.shape == (1, 64, 64) and view.dtype == torch.uint8

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from cxrkit.data.sampling import ResumableSampler, SeededItems, item_seed
 from cxrkit.pretrain.config import ViewsConfig
-from cxrkit.pretrain.sampling import ResumableSampler, SeededViews, view_seed
 from cxrkit.pretrain.transforms import build_view_transform, to_float_views
 
 
@@ -109,7 +109,7 @@ def test_seeded_views_are_reproducible_and_leave_the_rng_alone():
         def __getitem__(self, index):
             return transform(_image())
 
-    views = SeededViews(Lazy())
+    views = SeededItems(Lazy())
     torch.manual_seed(5)
     np.random.seed(5)
     random.seed(5)
@@ -145,6 +145,6 @@ def test_sampler_shards_resumes_and_seeds_by_global_position():
     sampler.set_epoch(3)
     nxt = list(sampler)
     assert len(nxt) == 11 and nxt != single
-    assert single[0][1] == view_seed(3, 2, 0) != view_seed(3, 3, 0)
+    assert single[0][1] == item_seed(3, 2, 0) != item_seed(3, 3, 0)
     with pytest.raises(ValueError, match="cannot be shared by 4 ranks"):
         ResumableSampler([1, 2], num_replicas=4)
