@@ -284,7 +284,7 @@ def test_prepare_run_reads_the_manifest_once_and_keeps_each_split(
 ):
     reads = []
     real = loading.read_manifest
-    monkeypatch.setattr(loading, "read_manifest", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(loading, "read_manifest", lambda p, **kw: reads.append(p) or real(p, **kw))
     data = split_data
 
     class Config:
