@@ -17,7 +17,7 @@ import pytest
 
 from cxrkit import cli
 from cxrkit.config import PreprocessConfig
-from cxrkit.data import cache
+from cxrkit.data import cache, store
 from cxrkit.data.cache import Cache, Geometry
 from cxrkit.data.preprocess import apply_recipe, build_cache, percentiles, transform_mask
 from cxrkit.data.records import Record, write_manifest
@@ -246,12 +246,15 @@ def assert_cache_valid(root: Path, ids: list[str]) -> None:
         row = rows[image_id]
         png = root / row["file"]
         assert png == cache.image_path(root, image_id)
-        assert hashlib.sha256(png.read_bytes()).hexdigest() == row["sha256"]
-        sidecar = json.loads(cache.sidecar_path(root, image_id).read_text())
-        assert sidecar["sha256"] == row["sha256"] and sidecar["file"] == row["file"]
-        assert json.loads(row["geometry"]) == sidecar["geometry"]
+        data = png.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row["sha256"] and len(data) == row["size"]
+        assert row["file"] == cache.image_file(image_id)
+        geometry = cache.Geometry.from_dict(json.loads(row["geometry"]))
+        assert reader.geometry(image_id) == geometry
         image = reader.load(image_id)
         assert image.dtype == np.uint8 and image.shape == (reader.recipe["size"],) * 2
+        assert (geometry.width, geometry.height) == image.shape[::-1]
+    assert not (root / cache.JOURNAL_DIR).is_dir() or not list((root / cache.JOURNAL_DIR).iterdir())
 
 
 def test_cache_from_real_nih_images_with_two_workers(shared_data: Path, tmp_path: Path) -> None:
@@ -286,22 +289,85 @@ def test_cache_from_real_nih_images_with_two_workers(shared_data: Path, tmp_path
     assert reader.mask_names(records[1].image_id) == []
 
 
+def cache_contents(root: Path) -> dict[str, object]:
+    """Every file's bytes, except the store index's PNG mtimes (a redone PNG is a new file)."""
+    out: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            out[path.relative_to(root).as_posix()] = path.read_bytes()
+    store_index = f"{store.STORE_DIR}/{store.INDEX_FILE}"
+    if store_index in out:
+        table = pq.read_table(root / store_index).drop_columns(["png_mtime_ns"])
+        out[store_index] = table.to_pylist()
+    return out
+
+
+def journal_as_a_killed_run_left_it(out: Path, rows: list[dict], *, torn: bool = True) -> Path:
+    """What a run killed before its end leaves: no index, a journal line per finished item (the
+    last one torn mid-write)."""
+    (out / cache.INDEX_FILE).unlink()
+    journal = out / cache.JOURNAL_DIR / "20260101T000000-deadbeef-12345.jsonl"
+    journal.parent.mkdir(exist_ok=True)
+    lines = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+    journal.write_bytes(lines + (b'{"image_id": "img5", "fi' if torn else b""))
+    return journal
+
+
 def test_resume_redoes_only_damaged_items(tmp_path: Path) -> None:
     records = png_records(tmp_path / "src", 6)
     out = tmp_path / "cache"
     build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
     ids = [r.image_id for r in records]
+    first = cache_contents(out)
+    rows = pq.read_table(out / cache.INDEX_FILE).to_pylist()
     cache.image_path(out, ids[0]).unlink()  # deleted PNG
     cache.image_path(out, ids[1]).write_bytes(b"\x89PNG garbage")  # corrupt PNG
-    cache.sidecar_path(out, ids[2]).unlink()  # killed before the sidecar landed
-    (out / cache.INDEX_FILE).unlink()  # killed before the index
-    untouched = cache.sidecar_path(out, ids[3]).stat().st_mtime_ns
+    # killed after item 2's PNG, before its journal line; item 5's line torn
+    journal = journal_as_a_killed_run_left_it(out, [r for r in rows if r["image_id"] != ids[2]])
+    untouched = cache.image_path(out, ids[3]).stat().st_mtime_ns
 
     summary = build_cache(records=records, out_dir=out, recipe=PLAIN, workers=2, progress=False)
     assert (summary.done, summary.skipped_existing, summary.failed) == (3, 3, 0)
-    assert cache.sidecar_path(out, ids[3]).stat().st_mtime_ns == untouched
+    assert cache.image_path(out, ids[3]).stat().st_mtime_ns == untouched
     assert_cache_valid(out, ids)
     assert not list(out.rglob("*.tmp*"))  # no temporary files left behind
+    assert not journal.exists()  # merged into the index, its writer gone: removed
+    # byte for byte what the uninterrupted run wrote
+    assert cache_contents(out) == first
+
+
+def test_resume_checks_the_recorded_size_and_hash_not_the_pixels(tmp_path: Path) -> None:
+    records = png_records(tmp_path / "src", 3)
+    out = tmp_path / "cache"
+    build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    png = cache.image_path(out, "img1")
+    other = cache.image_path(out, "img2").read_bytes()
+    png.write_bytes(other)  # a valid PNG of the wrong image: same kind of file, other hash
+    again = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    assert (again.done, again.skipped_existing) == (1, 2)
+    assert png.read_bytes() != other
+    # an entry naming another image's file is not taken for this one
+    rows = pq.read_table(out / cache.INDEX_FILE).to_pylist()
+    rows[0] = {**rows[1], "image_id": rows[0]["image_id"]}
+    journal_as_a_killed_run_left_it(out, rows, torn=False)
+    again = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    assert (again.done, again.skipped_existing) == (1, 2)
+    assert_cache_valid(out, [r.image_id for r in records])
+
+
+def test_journal_of_a_live_run_is_kept(tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    records = png_records(tmp_path / "src", 2)
+    out = tmp_path / "cache"
+    build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    rows = pq.read_table(out / cache.INDEX_FILE).to_pylist()
+    journal = journal_as_a_killed_run_left_it(out, rows, torn=False)
+    with journal.open("ab") as live:  # another run, still going, holds its journal's lock
+        fcntl.flock(live.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        summary = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+        assert summary.skipped_existing == 2 and journal.exists()
+    build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    assert not journal.exists()
 
 
 def uid_records(folder: Path, ids: list[str]) -> list[Record]:
@@ -335,8 +401,7 @@ def test_uid_named_images_never_share_a_cache_file(tmp_path: Path) -> None:
     out = tmp_path / "cache"
     summary = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
     assert (summary.done, summary.skipped_existing) == (len(ids), 0)
-    files = {cache.image_path(out, i) for i in ids} | {cache.sidecar_path(out, i) for i in ids}
-    assert len(files) == 2 * len(ids)
+    assert len({cache.image_path(out, i) for i in ids}) == len(ids)
     reader = Cache(out)
     # Each id loads its own pixels: the mean grows with the bar's width, in the order written.
     means = [float(reader.load(i).mean()) for i in ids]
