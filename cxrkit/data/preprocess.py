@@ -522,18 +522,23 @@ def _leave(*_: object) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS), or gone meanwhile
+        return True
+    return stat[stat.rindex(")") + 2 :].split(maxsplit=1)[0] != "Z"
 
 
 def _watch_parent(main: int, parent: int) -> None:
-    # The portable half: the pool's own pipes never tell an idle worker that the main process
-    # died (each worker holds both ends), so it would wait on them forever.
+    # The pool's own pipes never tell an idle worker that the main process died (each worker
+    # holds both ends), so without this it would wait on them forever.
     while True:
         time.sleep(_WATCH_SECONDS)
         if os.getppid() != parent or not _alive(main):
@@ -543,10 +548,11 @@ def _watch_parent(main: int, parent: int) -> None:
 def _init_worker(main: int) -> None:
     """Set up a pool worker of the run whose main process is ``main``.
 
-    Workers must not outlive a main process killed with ``kill -9`` (no cleanup runs there). On
-    Linux ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` signals the worker when its parent (the forkserver,
-    which itself exits when the main process's end of its pipe closes) dies; elsewhere, and as a
-    second guard, a daemon thread polls the parent and the main process every second. Either way
+    Workers must not outlive a main process killed with ``kill -9`` (no cleanup runs there). A
+    worker's parent is the forkserver, which lives as long as any worker does (they hold its
+    pipe), so the main process's death reaches no worker by itself: a daemon thread checks every
+    second that the main process still runs (portable: ``os.kill(pid, 0)``). On Linux
+    ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` also covers the forkserver dying first. Either way
     :func:`_leave` ends the worker, after the item it is writing.
     """
     # One OpenCV thread per process: the pool already uses every core, and OpenCV's own thread
@@ -563,7 +569,7 @@ def _init_worker(main: int) -> None:
     threading.Thread(
         target=_watch_parent, args=(main, parent), name="cxrkit-parent-watch", daemon=True
     ).start()
-    if not _alive(main):  # died before the signal was armed
+    if not _alive(main):  # died before the watcher started
         _leave()
 
 

@@ -7,6 +7,12 @@ import csv
 import dataclasses
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -15,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import cxrkit
 from cxrkit import cli
 from cxrkit.config import PreprocessConfig
 from cxrkit.data import cache, store
@@ -617,3 +624,141 @@ def test_cli_help_has_a_worked_example(
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "cxrkit preprocess --manifest" in out and "--on-error skip" in out
+
+
+# --- preprocess as separate processes ----------------------------------------------------------
+
+PROCESS_RECIPE = PreprocessConfig(size=64)
+
+
+def same_image_records(folder: Path, n: int, *, side: int) -> list[Record]:
+    """``n`` records of one smooth random ``side`` px PNG: slow enough to decode, cheap to make."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    low = rng.uniform(0, 255, (side // 32, side // 32)).astype(np.float32)
+    pixels = cv2.resize(low, (side, side), interpolation=cv2.INTER_CUBIC)
+    pixels += rng.normal(0, 4, (side, side)).astype(np.float32)
+    path = folder / "one.png"
+    cv2.imwrite(str(path), np.clip(pixels, 0, 255).astype(np.uint8))
+    return [
+        Record(
+            image_id=f"img{i:04d}", source="t", path=str(path), patient_id=f"p{i}", width=side,
+            height=side,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def cli_process(manifest: Path, out: Path, *, workers: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(cxrkit.__file__).resolve().parents[1])}
+    args = ["--manifest", str(manifest), "--out", str(out), "--size", str(PROCESS_RECIPE.size)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "cxrkit", "preprocess", *args, "--workers", str(workers)]
+        + ["--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state) of every process, from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "
+        found[int(entry.name)] = (int(fields[1]), fields[0])
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    table = processes()
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, (parent, _) in table.items() if parent in frontier}
+        out |= frontier
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    table = processes()
+    return {pid for pid in pids if pid in table and table[pid][1] != "Z"}  # zombies are dead
+
+
+def journal_lines(out: Path) -> int:
+    folder = out / cache.JOURNAL_DIR
+    if not folder.is_dir():
+        return 0
+    return sum(p.read_bytes().count(b"\n") for p in folder.glob("*.jsonl"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.slow
+def test_killed_parent_takes_its_workers_and_the_rerun_is_byte_identical(tmp_path: Path) -> None:
+    records = same_image_records(tmp_path / "src", 120, side=1024)
+    manifest = write_manifest(records, tmp_path / "m.parquet")
+    out = tmp_path / "cache"
+    run = cli_process(manifest, out, workers=2)
+    try:
+        deadline = time.monotonic() + 120
+        while journal_lines(out) < 8:  # the workers are writing items
+            assert run.poll() is None, run.stderr.read().decode()
+            assert time.monotonic() < deadline, "no item finished in 120 s"
+            time.sleep(0.05)
+        children = descendants(run.pid)
+        assert len(children) >= 2  # the forkserver and the pool's workers
+    finally:
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+    assert len(records) > journal_lines(out)  # killed mid-run
+    deadline = time.monotonic() + 10
+    while alive(children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive(children) == set(), "workers outlived their killed parent"
+
+    summary = build_cache(
+        records=records, out_dir=out, recipe=PROCESS_RECIPE, workers=2, progress=False
+    )
+    assert summary.skipped_existing >= 8 and summary.done + summary.skipped_existing == 120
+    reference = tmp_path / "reference"
+    build_cache(
+        records=records, out_dir=reference, recipe=PROCESS_RECIPE, workers=2, progress=False
+    )
+    resumed = cache_contents(out)
+    # a worker killed inside a write may leave its temporary file: named as one, never read
+    temporary = {name for name in resumed if ".tmp" in name}
+    assert all(Path(name).name.startswith(".") for name in temporary)
+    assert {k: v for k, v in resumed.items() if k not in temporary} == cache_contents(reference)
+
+
+def test_two_threads_into_one_cache_at_once_write_what_one_run_writes(tmp_path: Path) -> None:
+    records = same_image_records(tmp_path / "src", 40, side=256)
+    out = tmp_path / "cache"
+
+    def one_run() -> object:
+        return build_cache(records=records, out_dir=out, recipe=PROCESS_RECIPE, progress=False)
+
+    with ThreadPoolExecutor(2) as pool:  # OpenCV releases the GIL: the two runs interleave
+        summaries = [f.result() for f in [pool.submit(one_run) for _ in range(2)]]
+    assert all(s.done + s.skipped_existing == 40 for s in summaries)
+    reference = tmp_path / "reference"
+    build_cache(records=records, out_dir=reference, recipe=PROCESS_RECIPE, progress=False)
+    assert cache_contents(out) == cache_contents(reference)
+
+
+@pytest.mark.slow
+def test_two_runs_into_one_cache_at_once_write_what_one_run_writes(tmp_path: Path) -> None:
+    records = same_image_records(tmp_path / "src", 64, side=512)
+    manifest = write_manifest(records, tmp_path / "m.parquet")
+    out = tmp_path / "cache"
+    runs = [cli_process(manifest, out, workers=1) for _ in range(2)]
+    for run in runs:
+        assert run.wait(timeout=120) == 0, run.stderr.read().decode()
+    reference = tmp_path / "reference"
+    build_cache(records=records, out_dir=reference, recipe=PROCESS_RECIPE, progress=False)
+    assert cache_contents(out) == cache_contents(reference)
