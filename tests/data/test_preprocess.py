@@ -280,6 +280,8 @@ def test_cache_from_real_nih_images_with_two_workers(shared_data: Path, tmp_path
     )
     assert (summary.done, summary.skipped_existing, summary.failed) == (6, 0, 0)
     assert summary.images_per_second > 0 and summary.errors_file is None
+    # the workers' CPU is counted (six decodes at 1024 px), and the parent's on top of it
+    assert summary.cpu_seconds > summary.worker_cpu_seconds > 6 * 0.005
     assert_cache_valid(out, [r.image_id for r in records])
     assert json.loads((out / cache.RECIPE_FILE).read_text()) == {
         **dataclasses.asdict(recipe(clahe=True, clip_percentiles=True)),
