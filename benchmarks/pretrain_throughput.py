@@ -16,14 +16,20 @@ torch.compile. Data loading is excluded on both sides (it is measured by the dat
     # the stall between the last step of an epoch and the first of the next (tiny model, CPU)
     python benchmarks/pretrain_throughput.py --epoch-gap --json gap.json
 
-``--epoch-gap``: a tiny Barlow Twins module (the shipped LightningModule, a 2-layer backbone)
-trained for 3 epochs through the shipped trainer on a real cache and the real BYOL views, with
-2 loader workers and a checkpoint due at every epoch's last step. Contenders, A B C A B C: the
-loader before this change (a DataLoader whose epoch iterator is made anew: persistent workers,
-but an empty queue at every epoch start), ours (:class:`cxrkit.pretrain.data.PretrainData`, one
-iterator across epochs), and ours with Lightning's ``AsyncCheckpointIO`` (the checkpoint written
-by a thread; the engine change proposed with this benchmark). The gap is the wall time from the
-end of an epoch's last step to the start of the next epoch's first step.
+``--epoch-gap``: a Barlow Twins module (the shipped LightningModule) trained for 3 epochs through
+the shipped trainer on a real cache and the real BYOL views, with 2 loader workers and a
+checkpoint due at every epoch's last step. Contenders, A B C A B C: the loader before the
+persistent iterator (a DataLoader whose epoch iterator is made anew: an empty queue at every
+epoch start; with the tiny model only), ours (:class:`cxrkit.pretrain.data.PretrainData`, one
+iterator across epochs, and the engine's checkpoint writer, which copies the tensors and writes
+the file from a thread), and ours with the same atomic write done synchronously. The gap is the
+wall time from the end of an epoch's last step to the start of the next epoch's first step; the
+time spent building each checkpoint and in the writer's save call is reported beside it.
+``--gap-model tiny`` (default) has a 2-layer backbone; ``--gap-model resnet50 --projector 8192``
+is the real model, whose checkpoint with its LARS state is the real ~1.8 GB:
+
+    python benchmarks/pretrain_throughput.py --epoch-gap --gap-model resnet50 --projector 8192 \
+        --gap-images 8 --gap-batch 4 --gap-orig-size 64 --gap-cache 64 --gap-view 32
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -48,6 +55,7 @@ from lightly.models.modules import BarlowTwinsProjectionHead
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.lars import LARS
 from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -55,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._interleave import turns  # noqa: E402
 from cxrkit import engine  # noqa: E402
 from cxrkit.config import PreprocessConfig, TrainerConfig  # noqa: E402
+from cxrkit.io import atomic_write  # noqa: E402
 from cxrkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet50  # noqa: E402
 from cxrkit.pretrain.config import OptimConfig, ViewsConfig  # noqa: E402
 from cxrkit.pretrain.data import PretrainData  # noqa: E402
@@ -228,14 +237,20 @@ class _PerEpochIterator(PretrainData):
         )
 
 
-def _tiny_module(batch: int, projector: int) -> BarlowTwins:
-    backbone = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 7, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-    )  # fmt: skip
+def _gap_module(model: str, batch: int, projector: int) -> BarlowTwins:
+    """``tiny``: a 2-layer backbone (the loader's share of the gap shows); ``resnet50``: the real
+    backbone, so that with ``--projector 8192`` the checkpoint is the real ~1.8 GB."""
+    if model == "resnet50":
+        backbone, feature_dim = build_resnet50(), 2048
+    else:
+        backbone = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 7, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )  # fmt: skip
+        feature_dim = 16
     return BarlowTwins(
         backbone=backbone,
-        feature_dim=16,
+        feature_dim=feature_dim,
         projector_hidden_dim=projector,
         projector_output_dim=projector,
         optim=OptimConfig(warmup_epochs=0),
@@ -243,12 +258,39 @@ def _tiny_module(batch: int, projector: int) -> BarlowTwins:
     )
 
 
-def epoch_gap_run(
-    dataset, *, loader: str, batch: int, workers: int, epochs: int, projector: int, out: Path
-) -> list[float]:
-    """One 3-epoch run; returns its epoch-boundary gaps in seconds."""
-    from lightning.pytorch.plugins.io import AsyncCheckpointIO
+class _SyncAtomicCheckpointIO(TorchCheckpointIO):
+    """The engine's checkpoint writer without its thread: ``torch.save`` through
+    ``atomic_write`` while training waits (the contender the async writer is measured against)."""
 
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+def _timed(method, into: list[float]):
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        result = method(*args, **kwargs)
+        into.append(time.perf_counter() - start)
+        return result
+
+    return timed
+
+
+def epoch_gap_run(
+    dataset,
+    *,
+    loader: str,
+    batch: int,
+    workers: int,
+    epochs: int,
+    projector: int,
+    out: Path,
+    model: str = "tiny",
+) -> tuple[list[float], dict[str, list[float]]]:
+    """One 3-epoch run; returns its epoch-boundary gaps in seconds, and per checkpoint the
+    seconds spent building it (``dump_s``: state dicts, LARS state) and in the checkpoint
+    writer's save call (``save_call_s``: the tensor copy and hand-off when asynchronous, the
+    whole write when not), plus the checkpoint's size (``size_gb``)."""
     torch.manual_seed(0)
     per_epoch = len(dataset) // batch
     config = TrainerConfig(
@@ -263,10 +305,18 @@ def epoch_gap_run(
     data = cls(dataset=dataset, batch_size=batch, num_workers=workers, seed=0)
     probe = _Boundaries()
     trainer = engine.build_trainer(config=config, output_dir=out, callbacks=[probe])
-    if loader == "ours + async checkpoint":
-        trainer.strategy.checkpoint_io = AsyncCheckpointIO()
-    trainer.fit(_tiny_module(batch, projector), train_dataloaders=data)
-    return probe.gaps()
+    if loader == "ours, synchronous checkpoint":
+        trainer.strategy.checkpoint_io = _SyncAtomicCheckpointIO()
+    timings: dict[str, list[float]] = {"dump_s": [], "save_call_s": [], "size_gb": []}
+    connector = trainer._checkpoint_connector  # private, timed here only
+    connector.dump_checkpoint = _timed(connector.dump_checkpoint, timings["dump_s"])
+    io_plugin = trainer.strategy.checkpoint_io
+    io_plugin.save_checkpoint = _timed(io_plugin.save_checkpoint, timings["save_call_s"])
+    trainer.fit(_gap_module(model, batch, projector), train_dataloaders=data)
+    last = out / engine.CHECKPOINT_DIR / engine.LAST_CHECKPOINT
+    if last.is_file():
+        timings["size_gb"].append(last.stat().st_size / 1e9)
+    return probe.gaps(), timings
 
 
 def measure_epoch_gap(args: argparse.Namespace) -> dict:
@@ -290,25 +340,32 @@ def measure_epoch_gap(args: argparse.Namespace) -> dict:
         dataset = datasets.UnlabeledDataset(
             records=records, cache=Cache(work / "cache"), transform=views
         )
-        names = ("per-epoch iterator", "ours", "ours + async checkpoint")
+        names: tuple[str, ...] = ("ours", "ours, synchronous checkpoint")
+        if args.gap_model == "tiny":  # the loader's own share: only visible with a tiny model
+            names = ("per-epoch iterator", *names)
+        timings: dict[str, dict[str, list[float]]] = {}
 
         def run(name: str) -> None:
             out = work / f"run-{len(sum(gaps.values(), []))}"
-            found = epoch_gap_run(
+            found, timed = epoch_gap_run(
                 dataset, loader=name, batch=args.gap_batch, workers=args.gap_workers,
-                epochs=3, projector=args.projector, out=out,
+                epochs=3, projector=args.projector, out=out, model=args.gap_model,
             )  # fmt: skip
+            shutil.rmtree(out, ignore_errors=True)  # checkpoints are large (1.8 GB at full size)
             gaps.setdefault(name, []).extend(found)
+            for key, values in timed.items():
+                timings.setdefault(name, {}).setdefault(key, []).extend(values)
 
         t = turns({n: (lambda n=n: run(n)) for n in names}, pairs=args.pairs, warmup=0)
     result = {
         "settings": {
             "images": args.gap_images, "batch": args.gap_batch, "workers": args.gap_workers,
             "cache_px": args.gap_cache, "view_px": args.gap_view, "projector": args.projector,
-            "cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
+            "model": args.gap_model, "cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
         },
         "gaps_s": gaps,
         "median_gap_s": {n: statistics.median(g) for n, g in gaps.items()},
+        "checkpoint": timings,
         "turns": t.as_dict(),
     }  # fmt: skip
     print(
@@ -317,7 +374,11 @@ def measure_epoch_gap(args: argparse.Namespace) -> dict:
         f"{args.gap_cache} px cache, load average {os.getloadavg()[0]:.2f}"
     )
     for name, value in result["median_gap_s"].items():
-        print(f"{name:>26}: median gap {value * 1000:8.1f} ms")
+        line = f"{name:>30}: median gap {value * 1000:8.1f} ms"
+        for key, values in timings.get(name, {}).items():
+            if values:
+                line += f", {key} {statistics.median(values):.3f}"
+        print(line)
     return result
 
 
@@ -351,6 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-view", type=int, default=224)
     parser.add_argument("--gap-batch", type=int, default=32)
     parser.add_argument("--gap-workers", type=int, default=2)
+    parser.add_argument(
+        "--gap-model",
+        default="tiny",
+        choices=["tiny", "resnet50"],
+        help="epoch gap: a 2-layer backbone, or ResNet-50 (with --projector 8192: the real "
+        "1.8 GB checkpoint)",
+    )
     args = parser.parse_args(argv)
     if args.epoch_gap:
         torch.set_num_threads(args.threads)
