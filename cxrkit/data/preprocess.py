@@ -504,7 +504,7 @@ def _process_chunk(
 # Worker processes, and their end when the run's main process dies
 
 _PARENT_GONE = 143  # the exit status of a process ended by SIGTERM (128 + 15)
-# cxrkit's choice: a worker notices a dead parent within a second without PR_SET_PDEATHSIG.
+# cxrkit's choice: a worker notices a dead main process within a second, for one cheap check.
 _WATCH_SECONDS = 1.0
 _ITEM_LOCK = threading.RLock()  # reentrant: the SIGTERM handler runs on the thread it interrupts
 _busy = False  # an item is being written

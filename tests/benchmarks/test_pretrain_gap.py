@@ -17,7 +17,9 @@ from cxrkit.pretrain.config import ViewsConfig
 from cxrkit.pretrain.transforms import build_view_transform
 
 
-@pytest.mark.parametrize("loader", ["ours", "ours, synchronous checkpoint"])
+@pytest.mark.parametrize(
+    "loader", ["ours", "ours, synchronous checkpoint", "ours, reused snapshot buffers"]
+)
 def test_epoch_gap_run_times_each_checkpoint(tmp_path: Path, loader: str) -> None:
     records = loader_throughput.make_originals(tmp_path / "originals", n=4, side=64)
     build_cache(
@@ -37,3 +39,26 @@ def test_epoch_gap_run_times_each_checkpoint(tmp_path: Path, loader: str) -> Non
     # a checkpoint at every epoch's last step: 3, each built once and handed to the writer once
     assert len(timings["dump_s"]) == len(timings["save_call_s"]) == 3
     assert len(timings["size_gb"]) == 1 and timings["size_gb"][0] > 0
+
+
+def test_reused_snapshot_buffers_save_each_point_in_time(tmp_path: Path) -> None:
+    import torch
+
+    writer = pretrain_throughput._ReusedSnapshotCheckpointIO(
+        pretrain_throughput._SyncAtomicCheckpointIO()
+    )
+    weight = torch.arange(6.0).reshape(2, 3)
+    state = {"state_dict": {"w": weight}, "optimizer_states": [{"m": weight * 2}], "epoch": 1}
+    writer.save_checkpoint(state, tmp_path / "a.ckpt")
+    weight += 100  # training goes on while the thread writes
+    writer.save_checkpoint(
+        {**state, "optimizer_states": [{"m": weight * 2}], "epoch": 2}, tmp_path / "b.ckpt"
+    )
+    writer.teardown()
+    a = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "b.ckpt", weights_only=True)
+    torch.testing.assert_close(a["state_dict"]["w"], torch.arange(6.0).reshape(2, 3))
+    torch.testing.assert_close(a["optimizer_states"][0]["m"], 2 * torch.arange(6.0).reshape(2, 3))
+    torch.testing.assert_close(b["state_dict"]["w"], torch.arange(6.0).reshape(2, 3) + 100)
+    assert (a["epoch"], b["epoch"]) == (1, 2)
+    assert len(writer._buffers) == 2  # one buffer per tensor, reused by the second checkpoint
