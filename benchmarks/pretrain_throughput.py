@@ -26,7 +26,7 @@ the file from a thread), and ours with the same atomic write done synchronously.
 wall time from the end of an epoch's last step to the start of the next epoch's first step; the
 time spent building each checkpoint and in the writer's save call is reported beside it.
 ``--gap-model tiny`` (default) has a 2-layer backbone; ``--gap-model resnet50 --projector 8192``
-is the real model, whose checkpoint with its LARS state is the real ~1.8 GB:
+is the real model, whose checkpoint with its LARS state is the real one (1.40 GB):
 
     python benchmarks/pretrain_throughput.py --epoch-gap --gap-model resnet50 --projector 8192 \\
         --gap-images 8 --gap-batch 4 --gap-orig-size 64 --gap-cache 64 --gap-view 32
@@ -409,7 +409,7 @@ def measure_epoch_gap(args: argparse.Namespace) -> dict:
                 dataset, loader=name, batch=args.gap_batch, workers=args.gap_workers,
                 epochs=3, projector=args.projector, out=out, model=args.gap_model,
             )  # fmt: skip
-            shutil.rmtree(out, ignore_errors=True)  # checkpoints are large (1.8 GB at full size)
+            shutil.rmtree(out, ignore_errors=True)  # checkpoints are large (1.4 GB at full size)
             # Lightning's trainer, module and callbacks reference each other: collect them now,
             # or each run's 5 GB (full size: weights, gradients, LARS state, the async copy)
             # waits for a late collection and a shared machine runs out of memory
@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         default="tiny",
         choices=["tiny", "resnet50"],
         help="epoch gap: a 2-layer backbone, or ResNet-50 (with --projector 8192: the real "
-        "1.8 GB checkpoint)",
+        "1.4 GB checkpoint)",
     )
     args = parser.parse_args(argv)
     if args.epoch_gap:
