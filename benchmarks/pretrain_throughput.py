@@ -246,7 +246,7 @@ class _PerEpochIterator(PretrainData):
 
 def _gap_module(model: str, batch: int, projector: int) -> BarlowTwins:
     """``tiny``: a 2-layer backbone (the loader's share of the gap shows); ``resnet50``: the real
-    backbone, so that with ``--projector 8192`` the checkpoint is the real ~1.8 GB."""
+    backbone, so that with ``--projector 8192`` the checkpoint is the real one (1.40 GB)."""
     if model == "resnet50":
         backbone, feature_dim = build_resnet50(), 2048
     else:
