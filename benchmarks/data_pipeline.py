@@ -15,6 +15,14 @@ is present, and 2048 px 16-bit DICOMs with and without a VOI window; all cached 
 Ours runs with 1 and 2 workers (``--workers``); the 1 -> 2 figure is the ratio of whole rates.
 OpenCV runs one thread in every contender, so "per core" means per process.
 
+Besides wall time, every repeat records its CPU time: this process's and its children's
+(``resource.getrusage``; the lean pool's forked workers are children), plus, for ours with a pool,
+the CPU time its workers report (:attr:`CacheSummary.worker_cpu_seconds`: they are forkserver
+children, which ``RUSAGE_CHILDREN`` never sees). On a machine that other people load, wall-time
+ratios move with their load; CPU time per image barely does, so the CPU ratios are the figures to
+compare across runs. For scaling, CPU per image at N workers against 1 is the per-core efficiency
+(1.00: the pool adds no work), and the parent's share is the serial part that caps the speed-up.
+
     python benchmarks/data_pipeline.py                         # 32 PNGs, 8 DICOMs, 256 px, 5 rounds
     python benchmarks/data_pipeline.py --n 117 --pairs 7 --json out.json
 """
@@ -25,7 +33,9 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import shutil
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -46,7 +56,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path, the reposito
 
 from cxrkit.config import PreprocessConfig
 from cxrkit.data import cache
-from cxrkit.data.preprocess import build_cache
+from cxrkit.data.preprocess import CacheSummary, build_cache
 from cxrkit.data.records import Record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,8 +225,10 @@ def lean_loop(
         pool.starmap(lean_item, jobs, chunksize=4)
 
 
-def ours(records: Sequence[Record], *, out_dir: Path, recipe: PreprocessConfig, workers: int):
-    build_cache(
+def ours(
+    records: Sequence[Record], *, out_dir: Path, recipe: PreprocessConfig, workers: int
+) -> CacheSummary:
+    return build_cache(
         records=records, out_dir=out_dir, recipe=recipe, workers=workers, on_error="fail",
         progress=False,
     )  # fmt: skip
@@ -235,6 +247,63 @@ def check_identical(records: Sequence[Record], *, ours_dir: Path, lean_dir: Path
 # --- measurement ---------------------------------------------------------------------------------
 
 
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuClock:
+    """CPU seconds of every repeat, per contender: ``total`` (this process, its reaped children,
+    and the workers a :class:`CacheSummary` reports) and ``parent`` (this process alone)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, list[float]] = {}
+        self.parent: dict[str, list[float]] = {}
+
+    def wrap(
+        self, name: str, run: Callable[[], object], *, pool: bool = False
+    ) -> Callable[[], object]:
+        """``run`` with its CPU time recorded; ``pool``: it returns a :class:`CacheSummary`
+        whose ``worker_cpu_seconds`` were spent in other processes (ours with workers > 1)."""
+        self.total[name], self.parent[name] = [], []
+
+        def timed() -> object:
+            own, children = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+            result = run()
+            own = _cpu(resource.RUSAGE_SELF) - own
+            children = _cpu(resource.RUSAGE_CHILDREN) - children
+            workers = result.worker_cpu_seconds if pool and isinstance(result, CacheSummary) else 0
+            self.total[name].append(own + children + workers)
+            self.parent[name].append(own)
+            return result
+
+        return timed
+
+    def timed(self, name: str, rounds: int) -> tuple[list[float], list[float]]:
+        """The last ``rounds`` repeats (the warm-up rounds come first)."""
+        return self.total[name][-rounds:], self.parent[name][-rounds:]
+
+
+def cpu_figures(clock: CpuClock, result: Result, *, pairs: int) -> dict[str, dict[str, float]]:
+    """Per contender: median CPU ms per image, and the parent's median share of it."""
+    out = {}
+    for c in result.contenders:
+        total, parent = clock.timed(c.name, pairs)
+        out[c.name] = {
+            "cpu_ms_per_image": 1000 * statistics.median(total) / c.items,
+            "parent_share": statistics.median(p / t for p, t in zip(parent, total, strict=True)),
+            "cpu_s": total,
+        }
+    return out
+
+
+def cpu_ratio(clock: CpuClock, name: str, reference: str, *, pairs: int) -> float:
+    """Median over rounds of reference CPU / name CPU per image (> 1: ``name`` needs less CPU)."""
+    a, _ = clock.timed(name, pairs)
+    b, _ = clock.timed(reference, pairs)
+    return statistics.median(y / x for x, y in zip(a, b, strict=True))
+
+
 def bench_set(
     records: Sequence[Record],
     *,
@@ -244,9 +313,10 @@ def bench_set(
     pairs: int,
     naive: bool,
     log: Callable[[str], None],
-) -> tuple[Result, int]:
+) -> tuple[Result, int, CpuClock]:
     """Interleave ours (each worker count), lean and naive on ``records``."""
     recipe = PreprocessConfig(size=size)
+    clock = CpuClock()
 
     def fresh(folder: Path) -> Callable[[], None]:
         return lambda: shutil.rmtree(folder, ignore_errors=True)
@@ -255,28 +325,53 @@ def bench_set(
     contenders = [
         Contender(f"ours, {w} worker{'s' if w > 1 else ''}", items=n, cores=w,
                   setup=fresh(tmp / f"ours{w}"),
-                  run=lambda w=w: ours(records, out_dir=tmp / f"ours{w}", recipe=recipe,
-                                       workers=w))
+                  run=clock.wrap(f"ours, {w} worker{'s' if w > 1 else ''}",
+                                 lambda w=w: ours(records, out_dir=tmp / f"ours{w}",
+                                                  recipe=recipe, workers=w),
+                                 pool=w > 1))
         for w in workers
     ]  # fmt: skip
+    lean = "lean OpenCV/numpy (same recipe)"
     contenders.append(
-        Contender("lean OpenCV/numpy (same recipe)", items=n, setup=fresh(tmp / "lean"),
-                  run=lambda: lean_loop(records, out_dir=tmp / "lean", recipe=recipe))
+        Contender(lean, items=n, setup=fresh(tmp / "lean"),
+                  run=clock.wrap(lean, lambda: lean_loop(records, out_dir=tmp / "lean",
+                                                         recipe=recipe)))
     )  # fmt: skip
     for w in workers[1:]:  # the machine's own scaling, for ours' N-worker figure
         contenders.append(
             Contender(f"lean, {w} processes", items=n, cores=w, setup=fresh(tmp / f"lean{w}"),
-                      run=lambda w=w: lean_loop(records, out_dir=tmp / f"lean{w}",
-                                                recipe=recipe, processes=w))
+                      run=clock.wrap(f"lean, {w} processes",
+                                     lambda w=w: lean_loop(records, out_dir=tmp / f"lean{w}",
+                                                           recipe=recipe, processes=w)))
         )  # fmt: skip
     if naive:
+        name = "naive PIL loop (less work)"
         contenders.append(
-            Contender("naive PIL loop (less work)", items=n, setup=fresh(tmp / "naive"),
-                      run=lambda: naive_loop(records, out_dir=tmp / "naive", size=size))
+            Contender(name, items=n, setup=fresh(tmp / "naive"),
+                      run=clock.wrap(name, lambda: naive_loop(records, out_dir=tmp / "naive",
+                                                              size=size)))
         )  # fmt: skip
     result = interleave(contenders, pairs=pairs, log=log)
     differ = check_identical(records, ours_dir=tmp / f"ours{workers[0]}", lean_dir=tmp / "lean")
-    return result, differ
+    return result, differ, clock
+
+
+def cpu_table(clock: CpuClock, result: Result, *, pairs: int, reference: str) -> str:
+    """CPU ms per image, the parent's share, and the CPU ratio against ``reference``."""
+    figures = cpu_figures(clock, result, pairs=pairs)
+    rows = [f"{'contender':<36} {'CPU ms/img':>10} {'parent':>7} {'CPU ratio':>9}"]
+    rows.append("-" * len(rows[0]))
+    for c in result.contenders:
+        f = figures[c.name]
+        ratio = cpu_ratio(clock, c.name, reference, pairs=pairs)
+        rows.append(
+            f"{c.name:<36} {f['cpu_ms_per_image']:10.2f} {f['parent_share']:7.0%} {ratio:8.2f}x"
+        )
+    rows.append(
+        f"CPU: this process + children (+ ours' pool workers), median of {pairs} rounds; ratio: "
+        f"median per-round {reference!r} CPU / contender CPU (> 1: less CPU than it)"
+    )
+    return "\n".join(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -316,26 +411,46 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             log(f"{label}: {len(records)} images")
             work = tmp / f"set{len(report)}"
-            result, differ = bench_set(
+            result, differ, clock = bench_set(
                 records, tmp=work, size=args.size, workers=args.workers, pairs=args.pairs,
                 naive=naive, log=log,
             )  # fmt: skip
             shutil.rmtree(work, ignore_errors=True)
-            report[label] = {"images": len(records), "differ": differ, **result.as_dict()}
+            cpu = cpu_figures(clock, result, pairs=args.pairs)
+            report[label] = {"images": len(records), "differ": differ, **result.as_dict(),
+                             "cpu": cpu}  # fmt: skip
             print(f"\n## {label}: {len(records)} images; pixels differing from lean: {differ}")
             lean = result.contenders[len(args.workers)].name
             print(result.table(reference=lean, unit="img"))
+            print(cpu_table(clock, result, pairs=args.pairs, reference=lean))
             first = result.contenders[0].name
             naive_name = result.contenders[-1].name
             if naive_name.startswith("naive"):
-                print(f"{first} / naive, per core: {result.ratio(first, naive_name):.2f}x")
+                print(
+                    f"{first} / naive, per core: {result.ratio(first, naive_name):.2f}x wall, "
+                    f"{cpu_ratio(clock, first, naive_name, pairs=args.pairs):.2f}x CPU"
+                )
+            print(
+                f"{first} / lean: {result.ratio(first, lean):.2f}x wall, "
+                f"{cpu_ratio(clock, first, lean, pairs=args.pairs):.2f}x CPU"
+            )
             for w, c in zip(
                 args.workers[1:], result.contenders[1 : len(args.workers)], strict=True
             ):
+                lean_w = f"lean, {w} processes"
+                # per-core efficiency: CPU per image at 1 worker / at w (1.00: no added work)
+                efficiency = cpu[first]["cpu_ms_per_image"] / cpu[c.name]["cpu_ms_per_image"]
+                lean_efficiency = cpu[lean]["cpu_ms_per_image"] / cpu[lean_w]["cpu_ms_per_image"]
                 print(
                     f"{c.name} / {first}, whole rates: {result.ratio_total(c.name, first):.2f}x "
                     f"(lean {w} processes / lean 1: "
-                    f"{result.ratio_total(f'lean, {w} processes', lean):.2f}x on this machine now)"
+                    f"{result.ratio_total(lean_w, lean):.2f}x on this machine now)"
+                )
+                print(
+                    f"{c.name}: per-core efficiency (CPU/img at 1 / at {w}) {efficiency:.2f}, "
+                    f"parent's share {cpu[c.name]['parent_share']:.1%} of the CPU; lean "
+                    f"{lean_efficiency:.2f}; CPU-bound speed-up with {w} free cores "
+                    f"{w * efficiency:.2f}x (lean {w * lean_efficiency:.2f}x)"
                 )
     print(f"\ncpus {os.cpu_count()}; load average at the end {os.getloadavg()}")
     if args.json:

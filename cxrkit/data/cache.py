@@ -3,10 +3,14 @@
 Layout of a cache directory (written by :mod:`cxrkit.data.preprocess`, read here)::
 
     recipe.json                       the preprocessing recipe and output size (a rerun must match)
-    index.parquet                     one row per finished image: image_id, file, geometry, masks
+    index.parquet                     one row per finished image: image_id, file, geometry, masks,
+                                      sha256 and size in bytes of the PNG
     items/<xx>/<key>.png              the image: uint8, single channel, height x width cache pixels
-    items/<xx>/<key>.json             its sidecar: geometry, sha256 of the PNG, mask names
     items/<xx>/<key>.mask.<name>.png  masks mapped into cache pixels (uint8 0/255), one per name
+    journal/<run>-<pid>.jsonl         while a run goes on: one line per item a worker process
+                                      finished (its index row, as JSON), appended after the PNG
+                                      landed; merged into index.parquet at the end, then removed
+    journal/<run>-<pid>.u8            their raw pixels, for packing the store (removed with it)
     errors.csv                        items skipped with --on-error skip: image_id, path, reason
     store/                            the same images as raw memory-mapped shards, when packed
                                       (:mod:`cxrkit.data.store`; training sizes, side <= 512)
@@ -16,11 +20,13 @@ sha256, so two ids never share a file: not ids that differ only after a dot (DIC
 characters the prefix replaces, nor only in case on a case-insensitive file system. ``<xx>`` (two
 hex digits of the same hash) spreads files over folders. ``recipe.json`` records the layout version
 (``cache_layout``); a cache from the old scheme, in which ids could collide, is refused by name.
-An item is finished when its sidecar exists (written last, atomically); the index is rebuilt from
-the sidecars at the end of every run, so a killed run resumes by skipping finished items. Loading an
-image reads it from the store when the store holds it packed from the PNG the index names (its crc32
-checked on a process's first read), else from the PNG, checked against the sha256 in the index; a
-cache without a store (built before it existed, or above 512 px) reads its PNGs.
+An item is finished when its row is in the index or in a journal and its PNG still has the
+recorded size and sha256: a killed run resumes from the index plus the journals its workers left,
+redoing only items whose files do not match (caches written before the journals, with one JSON
+sidecar per item, resume from their index the same way). Loading an image reads it from the store
+when the store holds it packed from the PNG the index names (its crc32 checked on a process's
+first read), else from the PNG, checked against the sha256 in the index; a cache without a store
+(built before it existed, or above 512 px) reads its PNGs.
 
 Geometry: an original image of ``orig_width x orig_height`` is zero-padded by ``pad_left`` and
 ``pad_top`` (and right/bottom) and resized by ``scale_x``/``scale_y``, so for any point::
@@ -49,6 +55,7 @@ RECIPE_FILE = "recipe.json"
 INDEX_FILE = "index.parquet"
 ERRORS_FILE = "errors.csv"
 ITEMS_DIR = "items"
+JOURNAL_DIR = "journal"
 LAYOUT_KEY = "cache_layout"
 LAYOUT_VERSION = 2  # 1: keys cut at the last dot by Path.with_suffix, so ids could collide
 
@@ -121,6 +128,11 @@ def item_stem(root: str | Path, image_id: str) -> Path:
     return Path(root) / ITEMS_DIR / _digest(image_id)[:2] / item_key(image_id)
 
 
+def image_file(image_id: str) -> str:
+    """The image's path relative to the cache directory, as the index's ``file`` holds it."""
+    return f"{ITEMS_DIR}/{_digest(image_id)[:2]}/{item_key(image_id)}.png"
+
+
 def _with_suffix(stem: Path, suffix: str) -> Path:
     # Appended, never Path.with_suffix: that cuts a stem at its last dot.
     return stem.with_name(stem.name + suffix)
@@ -128,10 +140,6 @@ def _with_suffix(stem: Path, suffix: str) -> Path:
 
 def image_path(root: str | Path, image_id: str) -> Path:
     return _with_suffix(item_stem(root, image_id), ".png")
-
-
-def sidecar_path(root: str | Path, image_id: str) -> Path:
-    return _with_suffix(item_stem(root, image_id), ".json")
 
 
 def mask_path(root: str | Path, image_id: str, name: str) -> Path:

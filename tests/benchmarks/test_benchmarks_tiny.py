@@ -26,6 +26,32 @@ def test_data_pipeline_runs_and_the_lean_peer_matches_ours(tmp_path: Path, monke
         assert names == ["ours, 1 worker", "lean OpenCV/numpy (same recipe)",
                          "naive PIL loop (less work)"]  # fmt: skip
         assert all(len(c["seconds"]) == 5 for c in figures["contenders"].values())
+        assert list(figures["cpu"]) == names
+        for cpu in figures["cpu"].values():
+            assert len(cpu["cpu_s"]) == 5 and cpu["cpu_ms_per_image"] > 0
+            assert 0 < cpu["parent_share"] <= 1
+
+
+def test_cpu_clock_counts_the_pool_workers(tmp_path: Path) -> None:
+    """Ours' pool workers are not children of this process: their CPU comes from the summary."""
+    records = data_pipeline.make_pngs(tmp_path / "in", 8, side=256)
+    recipe = data_pipeline.PreprocessConfig(size=32)
+    clock = data_pipeline.CpuClock()
+    for workers in (1, 2):
+        run = clock.wrap(
+            f"w{workers}",
+            lambda w=workers: data_pipeline.ours(
+                records, out_dir=tmp_path / f"ours{w}", recipe=recipe, workers=w
+            ),
+            pool=workers > 1,
+        )
+        summary = run()
+        assert summary.done == 8
+    (one,), (one_parent,) = clock.timed("w1", 1)
+    (two,), (two_parent,) = clock.timed("w2", 1)
+    assert one == one_parent  # one worker: everything ran here
+    assert summary.worker_cpu_seconds > 0  # the workers' own CPU, added:
+    assert two - two_parent == pytest.approx(summary.worker_cpu_seconds, abs=0.05)
 
 
 def test_lean_peer_differs_when_the_recipe_does(tmp_path: Path) -> None:

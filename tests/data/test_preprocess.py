@@ -7,6 +7,12 @@ import csv
 import dataclasses
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -15,9 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import cxrkit
 from cxrkit import cli
 from cxrkit.config import PreprocessConfig
-from cxrkit.data import cache
+from cxrkit.data import cache, store
 from cxrkit.data.cache import Cache, Geometry
 from cxrkit.data.preprocess import apply_recipe, build_cache, percentiles, transform_mask
 from cxrkit.data.records import Record, write_manifest
@@ -246,12 +253,15 @@ def assert_cache_valid(root: Path, ids: list[str]) -> None:
         row = rows[image_id]
         png = root / row["file"]
         assert png == cache.image_path(root, image_id)
-        assert hashlib.sha256(png.read_bytes()).hexdigest() == row["sha256"]
-        sidecar = json.loads(cache.sidecar_path(root, image_id).read_text())
-        assert sidecar["sha256"] == row["sha256"] and sidecar["file"] == row["file"]
-        assert json.loads(row["geometry"]) == sidecar["geometry"]
+        data = png.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row["sha256"] and len(data) == row["size"]
+        assert row["file"] == cache.image_file(image_id)
+        geometry = cache.Geometry.from_dict(json.loads(row["geometry"]))
+        assert reader.geometry(image_id) == geometry
         image = reader.load(image_id)
         assert image.dtype == np.uint8 and image.shape == (reader.recipe["size"],) * 2
+        assert (geometry.width, geometry.height) == image.shape[::-1]
+    assert not (root / cache.JOURNAL_DIR).is_dir() or not list((root / cache.JOURNAL_DIR).iterdir())
 
 
 def test_cache_from_real_nih_images_with_two_workers(shared_data: Path, tmp_path: Path) -> None:
@@ -270,6 +280,8 @@ def test_cache_from_real_nih_images_with_two_workers(shared_data: Path, tmp_path
     )
     assert (summary.done, summary.skipped_existing, summary.failed) == (6, 0, 0)
     assert summary.images_per_second > 0 and summary.errors_file is None
+    # the workers' CPU is counted (six decodes at 1024 px), and the parent's on top of it
+    assert summary.cpu_seconds > summary.worker_cpu_seconds > 6 * 0.005
     assert_cache_valid(out, [r.image_id for r in records])
     assert json.loads((out / cache.RECIPE_FILE).read_text()) == {
         **dataclasses.asdict(recipe(clahe=True, clip_percentiles=True)),
@@ -286,22 +298,85 @@ def test_cache_from_real_nih_images_with_two_workers(shared_data: Path, tmp_path
     assert reader.mask_names(records[1].image_id) == []
 
 
+def cache_contents(root: Path) -> dict[str, object]:
+    """Every file's bytes, except the store index's PNG mtimes (a redone PNG is a new file)."""
+    out: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            out[path.relative_to(root).as_posix()] = path.read_bytes()
+    store_index = f"{store.STORE_DIR}/{store.INDEX_FILE}"
+    if store_index in out:
+        table = pq.read_table(root / store_index).drop_columns(["png_mtime_ns"])
+        out[store_index] = table.to_pylist()
+    return out
+
+
+def journal_as_a_killed_run_left_it(out: Path, rows: list[dict], *, torn: bool = True) -> Path:
+    """What a run killed before its end leaves: no index, a journal line per finished item (the
+    last one torn mid-write)."""
+    (out / cache.INDEX_FILE).unlink()
+    journal = out / cache.JOURNAL_DIR / "20260101T000000-deadbeef-12345.jsonl"
+    journal.parent.mkdir(exist_ok=True)
+    lines = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+    journal.write_bytes(lines + (b'{"image_id": "img5", "fi' if torn else b""))
+    return journal
+
+
 def test_resume_redoes_only_damaged_items(tmp_path: Path) -> None:
     records = png_records(tmp_path / "src", 6)
     out = tmp_path / "cache"
     build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
     ids = [r.image_id for r in records]
+    first = cache_contents(out)
+    rows = pq.read_table(out / cache.INDEX_FILE).to_pylist()
     cache.image_path(out, ids[0]).unlink()  # deleted PNG
     cache.image_path(out, ids[1]).write_bytes(b"\x89PNG garbage")  # corrupt PNG
-    cache.sidecar_path(out, ids[2]).unlink()  # killed before the sidecar landed
-    (out / cache.INDEX_FILE).unlink()  # killed before the index
-    untouched = cache.sidecar_path(out, ids[3]).stat().st_mtime_ns
+    # killed after item 2's PNG, before its journal line; item 5's line torn
+    journal = journal_as_a_killed_run_left_it(out, [r for r in rows if r["image_id"] != ids[2]])
+    untouched = cache.image_path(out, ids[3]).stat().st_mtime_ns
 
     summary = build_cache(records=records, out_dir=out, recipe=PLAIN, workers=2, progress=False)
     assert (summary.done, summary.skipped_existing, summary.failed) == (3, 3, 0)
-    assert cache.sidecar_path(out, ids[3]).stat().st_mtime_ns == untouched
+    assert cache.image_path(out, ids[3]).stat().st_mtime_ns == untouched
     assert_cache_valid(out, ids)
     assert not list(out.rglob("*.tmp*"))  # no temporary files left behind
+    assert not journal.exists()  # merged into the index, its writer gone: removed
+    # byte for byte what the uninterrupted run wrote
+    assert cache_contents(out) == first
+
+
+def test_resume_checks_the_recorded_size_and_hash_not_the_pixels(tmp_path: Path) -> None:
+    records = png_records(tmp_path / "src", 3)
+    out = tmp_path / "cache"
+    build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    png = cache.image_path(out, "img1")
+    other = cache.image_path(out, "img2").read_bytes()
+    png.write_bytes(other)  # a valid PNG of the wrong image: same kind of file, other hash
+    again = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    assert (again.done, again.skipped_existing) == (1, 2)
+    assert png.read_bytes() != other
+    # an entry naming another image's file is not taken for this one
+    rows = pq.read_table(out / cache.INDEX_FILE).to_pylist()
+    rows[0] = {**rows[1], "image_id": rows[0]["image_id"]}
+    journal_as_a_killed_run_left_it(out, rows, torn=False)
+    again = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    assert (again.done, again.skipped_existing) == (1, 2)
+    assert_cache_valid(out, [r.image_id for r in records])
+
+
+def test_journal_of_a_live_run_is_kept(tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    records = png_records(tmp_path / "src", 2)
+    out = tmp_path / "cache"
+    build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    rows = pq.read_table(out / cache.INDEX_FILE).to_pylist()
+    journal = journal_as_a_killed_run_left_it(out, rows, torn=False)
+    with journal.open("ab") as live:  # another run, still going, holds its journal's lock
+        fcntl.flock(live.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        summary = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+        assert summary.skipped_existing == 2 and journal.exists()
+    build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
+    assert not journal.exists()
 
 
 def uid_records(folder: Path, ids: list[str]) -> list[Record]:
@@ -335,8 +410,7 @@ def test_uid_named_images_never_share_a_cache_file(tmp_path: Path) -> None:
     out = tmp_path / "cache"
     summary = build_cache(records=records, out_dir=out, recipe=PLAIN, progress=False)
     assert (summary.done, summary.skipped_existing) == (len(ids), 0)
-    files = {cache.image_path(out, i) for i in ids} | {cache.sidecar_path(out, i) for i in ids}
-    assert len(files) == 2 * len(ids)
+    assert len({cache.image_path(out, i) for i in ids}) == len(ids)
     reader = Cache(out)
     # Each id loads its own pixels: the mean grows with the bar's width, in the order written.
     means = [float(reader.load(i).mean()) for i in ids]
@@ -552,3 +626,141 @@ def test_cli_help_has_a_worked_example(
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "cxrkit preprocess --manifest" in out and "--on-error skip" in out
+
+
+# --- preprocess as separate processes ----------------------------------------------------------
+
+PROCESS_RECIPE = PreprocessConfig(size=64)
+
+
+def same_image_records(folder: Path, n: int, *, side: int) -> list[Record]:
+    """``n`` records of one smooth random ``side`` px PNG: slow enough to decode, cheap to make."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    low = rng.uniform(0, 255, (side // 32, side // 32)).astype(np.float32)
+    pixels = cv2.resize(low, (side, side), interpolation=cv2.INTER_CUBIC)
+    pixels += rng.normal(0, 4, (side, side)).astype(np.float32)
+    path = folder / "one.png"
+    cv2.imwrite(str(path), np.clip(pixels, 0, 255).astype(np.uint8))
+    return [
+        Record(
+            image_id=f"img{i:04d}", source="t", path=str(path), patient_id=f"p{i}", width=side,
+            height=side,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def cli_process(manifest: Path, out: Path, *, workers: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(cxrkit.__file__).resolve().parents[1])}
+    args = ["--manifest", str(manifest), "--out", str(out), "--size", str(PROCESS_RECIPE.size)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "cxrkit", "preprocess", *args, "--workers", str(workers)]
+        + ["--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state) of every process, from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "
+        found[int(entry.name)] = (int(fields[1]), fields[0])
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    table = processes()
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, (parent, _) in table.items() if parent in frontier}
+        out |= frontier
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    table = processes()
+    return {pid for pid in pids if pid in table and table[pid][1] != "Z"}  # zombies are dead
+
+
+def journal_lines(out: Path) -> int:
+    folder = out / cache.JOURNAL_DIR
+    if not folder.is_dir():
+        return 0
+    return sum(p.read_bytes().count(b"\n") for p in folder.glob("*.jsonl"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.slow
+def test_killed_parent_takes_its_workers_and_the_rerun_is_byte_identical(tmp_path: Path) -> None:
+    records = same_image_records(tmp_path / "src", 120, side=1024)
+    manifest = write_manifest(records, tmp_path / "m.parquet")
+    out = tmp_path / "cache"
+    run = cli_process(manifest, out, workers=2)
+    try:
+        deadline = time.monotonic() + 120
+        while journal_lines(out) < 8:  # the workers are writing items
+            assert run.poll() is None, run.stderr.read().decode()
+            assert time.monotonic() < deadline, "no item finished in 120 s"
+            time.sleep(0.05)
+        children = descendants(run.pid)
+        assert len(children) >= 2  # the forkserver and the pool's workers
+    finally:
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+    assert len(records) > journal_lines(out)  # killed mid-run
+    deadline = time.monotonic() + 10
+    while alive(children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive(children) == set(), "workers outlived their killed parent"
+
+    summary = build_cache(
+        records=records, out_dir=out, recipe=PROCESS_RECIPE, workers=2, progress=False
+    )
+    assert summary.skipped_existing >= 8 and summary.done + summary.skipped_existing == 120
+    reference = tmp_path / "reference"
+    build_cache(
+        records=records, out_dir=reference, recipe=PROCESS_RECIPE, workers=2, progress=False
+    )
+    resumed = cache_contents(out)
+    # a worker killed inside a write may leave its temporary file: named as one, never read
+    temporary = {name for name in resumed if ".tmp" in name}
+    assert all(Path(name).name.startswith(".") for name in temporary)
+    assert {k: v for k, v in resumed.items() if k not in temporary} == cache_contents(reference)
+
+
+def test_two_threads_into_one_cache_at_once_write_what_one_run_writes(tmp_path: Path) -> None:
+    records = same_image_records(tmp_path / "src", 40, side=256)
+    out = tmp_path / "cache"
+
+    def one_run() -> object:
+        return build_cache(records=records, out_dir=out, recipe=PROCESS_RECIPE, progress=False)
+
+    with ThreadPoolExecutor(2) as pool:  # OpenCV releases the GIL: the two runs interleave
+        summaries = [f.result() for f in [pool.submit(one_run) for _ in range(2)]]
+    assert all(s.done + s.skipped_existing == 40 for s in summaries)
+    reference = tmp_path / "reference"
+    build_cache(records=records, out_dir=reference, recipe=PROCESS_RECIPE, progress=False)
+    assert cache_contents(out) == cache_contents(reference)
+
+
+@pytest.mark.slow
+def test_two_runs_into_one_cache_at_once_write_what_one_run_writes(tmp_path: Path) -> None:
+    records = same_image_records(tmp_path / "src", 64, side=512)
+    manifest = write_manifest(records, tmp_path / "m.parquet")
+    out = tmp_path / "cache"
+    runs = [cli_process(manifest, out, workers=1) for _ in range(2)]
+    for run in runs:
+        assert run.wait(timeout=120) == 0, run.stderr.read().decode()
+    reference = tmp_path / "reference"
+    build_cache(records=records, out_dir=reference, recipe=PROCESS_RECIPE, progress=False)
+    assert cache_contents(out) == cache_contents(reference)

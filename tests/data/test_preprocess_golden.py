@@ -3,7 +3,7 @@ digests recorded from the code before the speed work (commit ddc5948), so an opt
 changes a single pixel fails here.
 
 The digests are of the decoded pixels (not the PNG bytes: the PNG compression level may change,
-PNG is lossless) plus the sidecar's geometry and the masks' pixels. Inputs are made with integer
+PNG is lossless) plus the index's geometry and the masks' pixels. Inputs are made with integer
 arithmetic (no float formatting or platform maths), and their own digest is checked first, so a
 changed input is told apart from a changed output.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -125,8 +126,10 @@ def make_inputs(folder: Path) -> tuple[list[Record], str]:
 def cache_digests(root: Path, records: list[Record]) -> dict[str, str]:
     """sha256 of each item's decoded pixels, geometry and masks."""
     out = {}
+    rows = {row["image_id"]: row for row in pq.read_table(root / cache.INDEX_FILE).to_pylist()}
     for record in records:
-        info = json.loads(cache.sidecar_path(root, record.image_id).read_text())
+        info = rows[record.image_id]
+        info = {**info, "geometry": json.loads(info["geometry"])}
         pixels = cv2.imread(str(root / info["file"]), cv2.IMREAD_UNCHANGED)
         digest = hashlib.sha256(f"{pixels.shape} {pixels.dtype}".encode())
         digest.update(pixels.tobytes())

@@ -129,7 +129,7 @@ def test_pack_resumes_keeping_unchanged_shards(tmp_path: Path, monkeypatch) -> N
     # one image redone: its shard is rewritten under a new name, the old one removed
     redone = make_records(tmp_path / "src2", 6, seed=1)[5]
     redone = dataclasses.replace(redone, image_id="1.2.5")
-    cache.sidecar_path(out, "1.2.5").unlink()
+    cache.image_path(out, "1.2.5").unlink()  # the item's PNG gone: preprocess redoes it
     build_cache(records=[*records[:5], redone], out_dir=out, recipe=RECIPE, progress=False)
     now = sorted(p.name for p in (out / store.STORE_DIR).glob("shard-*.u8"))
     assert len(now) == 3 and len(set(now) & set(shards)) == 2
