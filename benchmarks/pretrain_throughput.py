@@ -32,10 +32,10 @@ is the real model, whose checkpoint with its LARS state is the real one (1.40 GB
         --gap-images 8 --gap-batch 4 --gap-orig-size 64 --gap-cache 64 --gap-view 32
 
 Measured that way (2-core shared CPU, load 5-10, 1 torch thread, --gap-workers 0, 5 rounds x 2
-boundaries, checkpoint 1.40 GB): median gap 1.77 s with the engine's writer, 5.74 s written
-synchronously, 0.91 s with reused snapshot buffers (1.62 s at the first checkpoint, which
-allocates them, 0.54 s after). Building the checkpoint takes 0.01 s; the rest is the writer's
-save call: Lightning's AsyncCheckpointIO clones every tensor on the training thread.
+boundaries, checkpoint 1.40 GB), before the engine adopted its snapshot writer: median gap 1.77 s
+with Lightning's AsyncCheckpointIO (it clones every tensor on the training thread), 5.74 s written
+synchronously, 0.91 s with the snapshot buffers the engine now uses (1.62 s at the first
+checkpoint, which allocates them, 0.54 s after). Building the checkpoint takes 0.01 s.
 """
 
 from __future__ import annotations
@@ -273,53 +273,6 @@ class _SyncAtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
-class _ReusedSnapshotCheckpointIO(AsyncCheckpointIO):
-    """Lightning's ``AsyncCheckpointIO`` with the point-in-time copy made into buffers kept from
-    the previous checkpoint (``copy_``) instead of fresh clones.
-
-    On a CPU the clone is what training waits for: 1.4 GB of new tensors per checkpoint at full
-    size, allocated and page-faulted every time. The buffers are written by the thread while
-    training goes on; the next checkpoint first waits for that write, then overwrites them.
-    """
-
-    def __init__(self, checkpoint_io=None) -> None:
-        super().__init__(checkpoint_io)
-        self._buffers: dict[tuple, torch.Tensor] = {}
-        self._pending = None
-
-    def _snapshot(self, obj, path: tuple):
-        if isinstance(obj, torch.Tensor):
-            buffer = self._buffers.get(path)
-            if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (
-                obj.shape, obj.dtype, obj.device,
-            ):  # fmt: skip
-                buffer = self._buffers[path] = torch.empty_like(
-                    obj, memory_format=torch.preserve_format
-                )
-            return buffer.copy_(obj.detach())
-        if isinstance(obj, dict):
-            return type(obj)((k, self._snapshot(v, (*path, k))) for k, v in obj.items())
-        if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
-            return type(obj)(self._snapshot(v, (*path, i)) for i, v in enumerate(obj))
-        return obj
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        self._ensure_setup()
-        if self._pending is not None:
-            self._pending.result()  # the buffers are free once the previous write is done
-        snapshot = self._snapshot(checkpoint, ())
-
-        def write() -> None:
-            try:
-                self.checkpoint_io.save_checkpoint(snapshot, path, storage_options=storage_options)
-            except BaseException as exc:
-                self._error = exc
-
-        self._pending = self._executor.submit(write)
-        if self._error:
-            raise self._error
-
-
 def _timed(method, into: list[float]):
     def timed(*args, **kwargs):
         start = time.perf_counter()
@@ -361,8 +314,8 @@ def epoch_gap_run(
     trainer = engine.build_trainer(config=config, output_dir=out, callbacks=[probe])
     if loader == "ours, synchronous checkpoint":
         trainer.strategy.checkpoint_io = _SyncAtomicCheckpointIO()
-    elif loader == "ours, reused snapshot buffers":
-        trainer.strategy.checkpoint_io = _ReusedSnapshotCheckpointIO(_SyncAtomicCheckpointIO())
+    elif loader == "Lightning's AsyncCheckpointIO (clones)":
+        trainer.strategy.checkpoint_io = AsyncCheckpointIO(_SyncAtomicCheckpointIO())
     timings: dict[str, list[float]] = {"dump_s": [], "save_call_s": [], "size_gb": []}
     connector = trainer._checkpoint_connector  # private, timed here only
     connector.dump_checkpoint = _timed(connector.dump_checkpoint, timings["dump_s"])
@@ -397,7 +350,7 @@ def measure_epoch_gap(args: argparse.Namespace) -> dict:
             records=records, cache=Cache(work / "cache"), transform=views
         )
         names: tuple[str, ...] = (
-            "ours", "ours, synchronous checkpoint", "ours, reused snapshot buffers",
+            "ours", "ours, synchronous checkpoint", "Lightning's AsyncCheckpointIO (clones)",
         )  # fmt: skip
         if args.gap_model == "tiny":  # the loader's own share: only visible with a tiny model
             names = ("per-epoch iterator", *names)

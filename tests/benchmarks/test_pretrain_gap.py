@@ -18,7 +18,7 @@ from cxrkit.pretrain.transforms import build_view_transform
 
 
 @pytest.mark.parametrize(
-    "loader", ["ours", "ours, synchronous checkpoint", "ours, reused snapshot buffers"]
+    "loader", ["ours", "ours, synchronous checkpoint", "Lightning's AsyncCheckpointIO (clones)"]
 )
 def test_epoch_gap_run_times_each_checkpoint(tmp_path: Path, loader: str) -> None:
     records = loader_throughput.make_originals(tmp_path / "originals", n=4, side=64)
@@ -41,12 +41,12 @@ def test_epoch_gap_run_times_each_checkpoint(tmp_path: Path, loader: str) -> Non
     assert len(timings["size_gb"]) == 1 and timings["size_gb"][0] > 0
 
 
-def test_reused_snapshot_buffers_save_each_point_in_time(tmp_path: Path) -> None:
+def test_engine_snapshot_writer_saves_each_point_in_time(tmp_path: Path) -> None:
     import torch
 
-    writer = pretrain_throughput._ReusedSnapshotCheckpointIO(
-        pretrain_throughput._SyncAtomicCheckpointIO()
-    )
+    from cxrkit.engine import SnapshotCheckpointIO
+
+    writer = SnapshotCheckpointIO(pretrain_throughput._SyncAtomicCheckpointIO())
     weight = torch.arange(6.0).reshape(2, 3)
     state = {"state_dict": {"w": weight}, "optimizer_states": [{"m": weight * 2}], "epoch": 1}
     writer.save_checkpoint(state, tmp_path / "a.ckpt")
