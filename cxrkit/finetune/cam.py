@@ -182,14 +182,56 @@ GT_COLOUR = (255, 0, 255)  # BGR magenta: ground truth (no JET colour, so it sta
 LEGEND = "white: predicted  magenta: ground truth  (cache px)"
 
 
-def _put_text(out: np.ndarray, text: str, box: Sequence[int], colour, scale, thickness) -> None:
+def _put_text(
+    out: np.ndarray, text: str, corner: Sequence[int], colour: tuple, scale: float, thickness: int
+) -> None:
     font = cv2.FONT_HERSHEY_SIMPLEX
-    x1, y1 = box[0], box[1]
+    x1, y1 = corner[0], corner[1]
     (text_w, text_h), _ = cv2.getTextSize(text, font, scale, thickness)
     # above the box when there is room, below its top edge otherwise; never past the right edge
     x = max(0, min(x1, out.shape[1] - text_w))
     y = y1 - 3 if y1 - 3 >= text_h else min(out.shape[0] - 1, y1 + text_h + 3)
     cv2.putText(out, text, (x, y), font, scale, colour, thickness, cv2.LINE_AA)
+
+
+def draw_boxes(
+    out: np.ndarray,
+    *,
+    predicted: Sequence[tuple[Sequence[float], str]] = (),
+    ground_truth: Sequence[tuple[Sequence[float], str]] = (),
+    factor: int = 1,
+    legend: str | None = None,
+) -> np.ndarray:
+    """Draw boxes onto a BGR image in place: ground truth magenta (``GT <text>``), predictions
+    white (their text, e.g. finding and score) on top; returns ``out``.
+
+    Args:
+        out: uint8 (H, W, 3) BGR.
+        predicted, ground_truth: ``(x1y1x2y2, text)`` in the pixels of ``out`` divided by
+            ``factor`` (the image was enlarged by ``factor`` after the boxes were measured).
+        legend: a line written at the bottom left (e.g. :data:`LEGEND`); None: no legend.
+    """
+    thickness = max(1, out.shape[0] // 256)
+    scale = max(0.3, out.shape[0] / 640)
+    drawn = [(b, f"GT {text}", GT_COLOUR) for b, text in ground_truth]
+    drawn += [(b, text, PREDICTED_COLOUR) for b, text in predicted]
+    for b, text, colour in drawn:
+        x1, y1, x2, y2 = (int(round(v * factor)) for v in b)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        _put_text(out, text, (x1, y1), colour, scale, thickness)
+    if legend:
+        small = max(0.3, 0.75 * scale)
+        cv2.putText(
+            out,
+            legend,
+            (2, out.shape[0] - 4),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            small,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+    return out
 
 
 def draw_overlay(
@@ -225,20 +267,9 @@ def draw_overlay(
         cam = cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
     rgb = np.repeat(image[..., None], 3, axis=2).astype(np.float32) / 255.0
     out = show_cam_on_image(rgb, cam, use_rgb=False)
-    thickness = max(1, image.shape[0] // 256)
-    scale = max(0.3, image.shape[0] / 640)
-    drawn = [(b, f"GT {name}", GT_COLOUR) for b, name in gt_boxes]
-    drawn.append((box, caption, PREDICTED_COLOUR))  # last: on top of a coinciding GT box
-    for b, text, colour in drawn:
-        x1, y1, x2, y2 = (int(round(v * factor)) for v in b)
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        _put_text(out, text, (x1, y1), colour, scale, thickness)
-    if legend:
-        font, small = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, 0.75 * scale)
-        cv2.putText(
-            out, legend, (2, out.shape[0] - 4), font, small, (255, 255, 255), 1, cv2.LINE_AA
-        )
-    return out
+    return draw_boxes(
+        out, predicted=[(box, caption)], ground_truth=gt_boxes, factor=factor, legend=legend
+    )
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
