@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from cxrkit import cli
@@ -54,8 +55,20 @@ def check_outputs(out: Path, *, image_size: int) -> None:
         frame, _ = read_predictions(out / "predictions" / f"{init}_test.csv", kind="detection")
         # original pixels of the phantoms, not the smaller cache's
         assert frame.empty or frame[["x2", "y2"]].to_numpy().max() <= image_size
-    cams = sorted((out / "cams").glob("*.png"))
-    assert cams and f"cams/{cams[0].name}" in text
+    for init in ("barlow_twins", "random"):
+        cams = sorted((out / "cams" / init).glob("*.png"))
+        index = pd.read_csv(out / "cams" / init / "cams.csv")
+        # every CAM drawn is listed, with its scores, and linked from the report
+        assert sorted(index["file"]) == [p.name for p in cams] and len(cams) >= 1
+        assert index["energy_in_box"].between(0, 1).all()
+        assert all(f"cams/{init}/{p.name}" in text for p in cams)
+    # the CAM table: each model's n and means with intervals, and BT - random
+    assert "## CAM localisation" in text and "pointing hit rate" in text
+    table = text.split("## CAM localisation")[1].split("\n\n")[2].splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
+    bt = pd.read_csv(out / "cams" / "barlow_twins" / "cams.csv")
+    assert f"| {len(bt)} | {bt['energy_in_box'].mean():.3f}" in rows["Barlow Twins init"]
+    assert any(key.startswith("BT − random (paired by image)") for key in rows)
     saved = (out / "runs" / "finetune_barlow_twins" / "config.yaml").read_text()
     assert "backbone.pth" in saved and "method: wbf" in saved
 

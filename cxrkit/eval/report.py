@@ -8,7 +8,8 @@
 - ``report.json``: the result without its curve points (NaN written as ``null``);
 - ``curves.json``: the curve points (ROC, precision-recall, FROC) behind the plots;
 - ``report.md``: tables a person reads, numbers formatted ``0.873 (0.851–0.894)``;
-- PNG plots (matplotlib, Agg canvas, no global backend change);
+- PNG plots (matplotlib, Agg canvas, no global backend change), their legends giving each
+  curve's AUROC or AP; :func:`comparison_figure` puts models side by side (grouped bars);
 - TensorBoard scalars of every reported value when ``run_dir`` is given.
 
 All files are written atomically (temp file + rename).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -510,19 +511,52 @@ def _save(fig: object, path: Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
-def _plot_roc(curves: Mapping[str, Mapping[str, Mapping[str, list[float]]]], path: Path) -> Path:
+def _auc(c: Mapping[str, list[float]]) -> float:
+    # trapezoid area under the ROC points: scikit-learn's AUROC unless the curve was thinned
+    if not c or len(c.get("fpr", [])) < 2:
+        return math.nan
+    fpr, tpr = np.asarray(c["fpr"], dtype=np.float64), np.asarray(c["tpr"], dtype=np.float64)
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def _roc_aurocs(result: Mapping[str, object], finding: str) -> dict[str, float]:
+    """The AUROC of each curve of a finding, from the result where it has them."""
+    curves = result["curves"]["roc"][finding]
+    out = {view: _auc(curves.get(view)) for view in ("all", "AP", "PA")}
+    entry = result.get("per_finding", {}).get(finding, {})
+    if isinstance(entry.get("auroc"), Mapping):
+        out["all"] = entry["auroc"].get("value", out["all"])
+    gaps = (result.get("view_gaps") or {}).get("per_finding", {}).get(finding, {})
+    for view in ("AP", "PA"):
+        value = gaps.get(f"auroc_{view.lower()}")
+        if isinstance(value, (int, float)):
+            out[view] = float(value)
+    return out
+
+
+def _plot_roc(result: Mapping[str, object], path: Path) -> Path:
+    return _save(roc_figure(result), path)
+
+
+def roc_figure(result: Mapping[str, object]) -> object:
+    """The ROC curves of a classification result, a panel per finding, the legend giving the
+    AUROC of each curve (all images, AP, PA)."""
+    curves = result["curves"]["roc"]
     fig, axes = _figure(len(curves))
     for ax, (finding, by_view) in zip(axes, curves.items(), strict=True):
+        aurocs = _roc_aurocs(result, finding)
         for view, style in (("all", "-"), ("AP", "--"), ("PA", ":")):
             c = by_view.get(view)
             if c and c["fpr"]:
-                ax.plot(c["fpr"], c["tpr"], style, label=view)
+                ax.plot(
+                    c["fpr"], c["tpr"], style, label=f"{view}: AUROC {fmt_number(aurocs[view])}"
+                )
         ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
         ax.set(
             title=finding, xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1)
         )
         ax.legend(loc="lower right", fontsize=7)
-    return _save(fig, path)
+    return fig
 
 
 def _plot_view_gaps(gaps: Mapping[str, object], path: Path) -> Path:
@@ -554,13 +588,22 @@ def _plot_view_gaps(gaps: Mapping[str, object], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _plot_pr(curves: Mapping[str, Mapping[str, list[float]]], path: Path) -> Path:
+def _plot_pr(result: Mapping[str, object], path: Path) -> Path:
+    return _save(pr_figure(result), path)
+
+
+def pr_figure(result: Mapping[str, object]) -> object:
+    """The precision-recall curves (IoU 0.5) of a detection result, a panel per class, the
+    legend giving its AP@0.5 with interval."""
+    curves = result["curves"]["pr"]
     fig, axes = _figure(max(1, len(curves)))
     for ax, (name, c) in zip(axes, curves.items(), strict=False):
         precision = [math.nan if p is None else p for p in c["precision"]]
-        ax.plot(c["recall"], precision)
+        ap = result.get("per_class", {}).get(name, {}).get("ap50")
+        ax.plot(c["recall"], precision, label=f"AP@0.5 {fmt_estimate(ap)}")
         ax.set(title=name, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
-    return _save(fig, path)
+        ax.legend(loc="lower left", fontsize=7)
+    return fig
 
 
 def _plot_froc(curve: Mapping[str, list[float]], rates: list[float], path: Path) -> Path:
@@ -597,12 +640,12 @@ def plots(result: Mapping[str, object], out_dir: Path) -> list[Path]:
     kind = result.get("kind")
     if kind == "classification":
         if curves.get("roc"):
-            written.append(_plot_roc(curves["roc"], out_dir / "roc_curves.png"))
+            written.append(_plot_roc(result, out_dir / "roc_curves.png"))
         if "view_gaps" in result:
             written.append(_plot_view_gaps(result["view_gaps"], out_dir / "view_gaps.png"))
     elif kind == "detection":
         if curves.get("pr"):
-            written.append(_plot_pr(curves["pr"], out_dir / "pr_curves.png"))
+            written.append(_plot_pr(result, out_dir / "pr_curves.png"))
         if curves.get("froc"):
             written.append(
                 _plot_froc(curves["froc"], result["settings"]["froc_rates"], out_dir / "froc.png")
@@ -610,6 +653,66 @@ def plots(result: Mapping[str, object], out_dir: Path) -> list[Path]:
     elif kind == "screening" and (curves.get("roc") or {}).get("fpr"):
         written.append(_plot_screening_roc(result, out_dir / "roc.png"))
     return written
+
+
+def comparison_figure(
+    path: str | Path,
+    *,
+    categories: Sequence[str],
+    panels: Mapping[str, Mapping[str, Sequence[float]]],
+    legends: Mapping[str, Mapping[str, str]] | None = None,
+    ylabel: str,
+    title: str,
+) -> Path:
+    """Write :func:`comparison_bars` to ``path`` (PNG, atomically); returns ``path``."""
+    fig = comparison_bars(
+        categories=categories, panels=panels, legends=legends, ylabel=ylabel, title=title
+    )
+    return _save(fig, Path(path))
+
+
+def comparison_bars(
+    *,
+    categories: Sequence[str],
+    panels: Mapping[str, Mapping[str, Sequence[float]]],
+    legends: Mapping[str, Mapping[str, str]] | None = None,
+    ylabel: str,
+    title: str,
+) -> object:
+    """Models side by side: one grouped bar chart per panel, a bar per model and category.
+
+    Args:
+        categories: the x axis (findings, classes), in order.
+        panels: panel title -> model name -> one value per category (NaN: no bar, "n/a" written).
+        legends: panel title -> model name -> its legend text (e.g. with the model's mean);
+            default the model name.
+        ylabel, title: the y axis of every panel, the figure's title.
+
+    Returns:
+        The matplotlib figure (Agg canvas).
+    """
+    fig, axes = _figure(len(panels), ncols=len(panels), size=max(3.6, 0.9 * len(categories) + 1.5))
+    x = np.arange(len(categories))
+    for ax, (panel, series) in zip(axes, panels.items(), strict=True):
+        width = 0.8 / max(1, len(series))
+        for k, (model, values) in enumerate(series.items()):
+            heights = np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
+            if heights.shape != (len(categories),):
+                raise ValueError(
+                    f"panel {panel!r}, model {model!r}: {heights.size} values for "
+                    f"{len(categories)} categories"
+                )
+            offset = (k - (len(series) - 1) / 2) * width
+            label = ((legends or {}).get(panel) or {}).get(model, model)
+            ax.bar(x + offset, np.nan_to_num(heights, nan=0.0), width, label=label)
+            for xi, h in zip(x + offset, heights, strict=True):
+                if not math.isfinite(h):
+                    ax.text(xi, 0.01, "n/a", ha="center", va="bottom", fontsize=6, rotation=90)
+        ax.set_xticks(x, list(categories), rotation=30, ha="right", fontsize=7)
+        ax.set(title=panel, ylabel=ylabel, ylim=(0, 1.05))
+        ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title)
+    return fig
 
 
 def _without_curves(result: Mapping[str, object]) -> dict[str, object]:

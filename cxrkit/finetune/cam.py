@@ -7,8 +7,11 @@ component of the activations, class-agnostic) are the cheaper alternatives. The 
 map is one predicted box: pytorch-grad-cam's :class:`FasterRCNNBoxScoreTarget` scores how well the
 (perturbed) model still finds that box (IoU + score when the label matches).
 
-Maps and overlays are in **cache pixels** (the image the detector saw); the index written beside
-them also gives each box in original pixels.
+Maps, overlays and scores are in **cache pixels** (the image the detector saw); the index written
+beside them (``cams.csv``) also gives each box in original pixels, and scores every map with
+:mod:`cxrkit.eval.cam_scores` (energy inside the box, pointing game) against the predicted box and
+the ground-truth boxes of its class. Which boxes get a map: :func:`select_boxes` (every class
+first, then by score) or, to compare two detectors on the same images, :func:`cover_classes`.
 """
 
 from __future__ import annotations
@@ -36,11 +39,29 @@ from cxrkit import io
 from cxrkit.data.cache import Cache, item_key
 from cxrkit.data.records import Record
 from cxrkit.errors import ConfigError
+from cxrkit.eval import cam_scores
 
 METHODS = ("ablation", "gradcam", "eigencam")
 DEFAULT_LAYER = "backbone.body.layer3"  # BarlowTwins-CXR: res4 in detectron2's names
 INDEX_FILE = "cams.csv"
-INDEX_COLUMNS = ("image_id", "rank", "finding", "score", "x1", "y1", "x2", "y2", "file")
+INDEX_COLUMNS = (
+    "image_id",
+    "rank",
+    "finding",
+    "score",
+    "x1",
+    "y1",
+    "x2",
+    "y2",  # original pixels
+    "cache_x1",
+    "cache_y1",
+    "cache_x2",
+    "cache_y2",  # cache pixels, the frame of the map and its scores
+    "resolution",
+    "n_gt",
+    *cam_scores.SCORE_COLUMNS,
+    "file",
+)
 
 
 @dataclass
@@ -156,23 +177,85 @@ def box_cams(
     return np.stack(maps).astype(np.float32) if maps else np.zeros((0, height, width), np.float32)
 
 
+PREDICTED_COLOUR = (255, 255, 255)  # BGR white: the box the map explains
+GT_COLOUR = (255, 0, 255)  # BGR magenta: ground truth (no JET colour, so it stays visible)
+LEGEND = "white: predicted  magenta: ground truth  (cache px)"
+
+
+def _put_text(
+    out: np.ndarray, text: str, corner: Sequence[int], colour: tuple, scale: float, thickness: int
+) -> None:
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    x1, y1 = corner[0], corner[1]
+    (text_w, text_h), _ = cv2.getTextSize(text, font, scale, thickness)
+    # above the box when there is room, below its top edge otherwise; never past the right edge
+    x = max(0, min(x1, out.shape[1] - text_w))
+    y = y1 - 3 if y1 - 3 >= text_h else min(out.shape[0] - 1, y1 + text_h + 3)
+    cv2.putText(out, text, (x, y), font, scale, colour, thickness, cv2.LINE_AA)
+
+
+def draw_boxes(
+    out: np.ndarray,
+    *,
+    predicted: Sequence[tuple[Sequence[float], str]] = (),
+    ground_truth: Sequence[tuple[Sequence[float], str]] = (),
+    factor: int = 1,
+    legend: str | None = None,
+) -> np.ndarray:
+    """Draw boxes onto a BGR image in place: ground truth magenta (``GT <text>``), predictions
+    white (their text, e.g. finding and score) on top; returns ``out``.
+
+    Args:
+        out: uint8 (H, W, 3) BGR.
+        predicted, ground_truth: ``(x1y1x2y2, text)`` in the pixels of ``out`` divided by
+            ``factor`` (the image was enlarged by ``factor`` after the boxes were measured).
+        legend: a line written at the bottom left (e.g. :data:`LEGEND`); None: no legend.
+    """
+    thickness = max(1, out.shape[0] // 256)
+    scale = max(0.3, out.shape[0] / 640)
+    drawn = [(b, f"GT {text}", GT_COLOUR) for b, text in ground_truth]
+    drawn += [(b, text, PREDICTED_COLOUR) for b, text in predicted]
+    for b, text, colour in drawn:
+        x1, y1, x2, y2 = (int(round(v * factor)) for v in b)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        _put_text(out, text, (x1, y1), colour, scale, thickness)
+    if legend:
+        small = max(0.3, 0.75 * scale)
+        cv2.putText(
+            out,
+            legend,
+            (2, out.shape[0] - 4),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            small,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+    return out
+
+
 def draw_overlay(
     image: np.ndarray,
     cam: np.ndarray,
     *,
     box: Sequence[float],
     caption: str,
+    gt_boxes: Sequence[tuple[Sequence[float], str]] = (),
+    legend: str | None = None,
     min_side: int = 512,
 ) -> np.ndarray:
-    """The map as a JET heat map over the image, with the box and its caption drawn.
+    """The map as a JET heat map over the image, with the predicted and ground-truth boxes.
 
     Args:
         image: uint8 (H, W) grey image (cache pixels).
         cam: float (H, W) in [0, 1].
-        box: x1y1x2y2 in the same pixels.
+        box: the predicted box, x1y1x2y2 in the same pixels, drawn white with ``caption``.
         caption: text written above the box (finding and score).
+        gt_boxes: ``(x1y1x2y2, finding)`` ground-truth boxes in the same pixels, drawn magenta
+            with ``GT <finding>``.
+        legend: a line written at the bottom left (e.g. :data:`LEGEND`); None: no legend.
         min_side: a small image is first enlarged by the smallest whole factor ``f`` that makes its
-            longer side at least this, so the caption stays legible (box scaled by ``f`` too).
+            longer side at least this, so the caption stays legible (boxes scaled by ``f`` too).
 
     Returns:
         uint8 (f * H, f * W, 3), BGR (for ``cv2.imwrite``).
@@ -182,29 +265,11 @@ def draw_overlay(
         size = (image.shape[1] * factor, image.shape[0] * factor)
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
         cam = cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-        box = [v * factor for v in box]
     rgb = np.repeat(image[..., None], 3, axis=2).astype(np.float32) / 255.0
     out = show_cam_on_image(rgb, cam, use_rgb=False)
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    thickness = max(1, image.shape[0] // 256)
-    cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 255), thickness)
-    scale = max(0.3, image.shape[0] / 640)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    (text_w, text_h), _ = cv2.getTextSize(caption, font, scale, thickness)
-    # above the box when there is room, below its top edge otherwise; never past the right edge
-    x = max(0, min(x1, out.shape[1] - text_w))
-    y = y1 - 3 if y1 - 3 >= text_h else min(out.shape[0] - 1, y1 + text_h + 3)
-    cv2.putText(
-        out,
-        caption,
-        (x, y),
-        font,
-        scale,
-        (255, 255, 255),
-        thickness,
-        cv2.LINE_AA,
+    return draw_boxes(
+        out, predicted=[(box, caption)], ground_truth=gt_boxes, factor=factor, legend=legend
     )
-    return out
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
@@ -218,6 +283,117 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-") or "finding"
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One detection that may get a CAM."""
+
+    image_id: str
+    rank: int  # 0 = the image's best-scoring detection
+    label: int  # 1..num_classes
+    score: float
+    box: tuple[float, float, float, float]  # x1y1x2y2, cache pixels
+
+
+def select_boxes(
+    candidates: Sequence[Candidate],
+    *,
+    max_cams: int | None = None,
+    max_images: int | None = None,
+    per_image: int = 3,
+) -> list[Candidate]:
+    """The boxes to explain: every class first, then the best-scoring rest.
+
+    Round one takes, for each class in the order of its best score, that class's best box that
+    fits the limits; round two fills up with the remaining boxes by score. So a CAM set of a few
+    images covers as many classes as the detections allow, instead of the first images' top class.
+
+    Args:
+        candidates: the detections (any order).
+        max_cams: at most this many boxes (None: no limit).
+        max_images: from at most this many images (None: no limit).
+        per_image: at most this many boxes of one image.
+
+    Returns:
+        The chosen candidates, in the order chosen.
+    """
+    by_score = sorted(candidates, key=lambda c: (-c.score, c.image_id, c.rank))
+    chosen: list[Candidate] = []
+    taken: set[tuple[str, int]] = set()
+    per: dict[str, int] = {}
+
+    def fits(c: Candidate) -> bool:
+        if (c.image_id, c.rank) in taken or per.get(c.image_id, 0) >= per_image:
+            return False
+        return c.image_id in per or max_images is None or len(per) < max_images
+
+    def take(c: Candidate) -> None:
+        chosen.append(c)
+        taken.add((c.image_id, c.rank))
+        per[c.image_id] = per.get(c.image_id, 0) + 1
+
+    labels = list(dict.fromkeys(c.label for c in by_score))  # by their best score
+    for label in labels:
+        if max_cams is not None and len(chosen) >= max_cams:
+            break
+        first = next((c for c in by_score if c.label == label and fits(c)), None)
+        if first is not None:
+            take(first)
+    for c in by_score:
+        if max_cams is not None and len(chosen) >= max_cams:
+            break
+        if fits(c):
+            take(c)
+    return chosen
+
+
+def cover_classes(records: Sequence[Record], *, n: int) -> list[Record]:
+    """``n`` records with ground-truth boxes, chosen so that their boxes cover many classes.
+
+    Model-independent (two detectors explained on these images are compared image by image):
+    round one takes, class by class in order of first appearance, the first record with a box of
+    a class not yet covered; round two fills up with the remaining records with boxes, in order.
+    """
+    with_boxes = [r for r in records if r.boxes]
+    chosen: list[Record] = []
+    covered: set[str] = set()
+    for record in with_boxes:
+        if len(chosen) >= n:
+            break
+        new = {b.finding for b in record.boxes} - covered
+        if new:
+            chosen.append(record)
+            covered |= new
+    ids = {r.image_id for r in chosen}
+    chosen += [r for r in with_boxes if r.image_id not in ids][: max(0, n - len(chosen))]
+    order = {r.image_id: k for k, r in enumerate(with_boxes)}
+    return sorted(chosen, key=lambda r: order[r.image_id])
+
+
+def _detect(
+    model: nn.Module,
+    records: Sequence[Record],
+    *,
+    cache: Cache,
+    score_thresh: float,
+    top_k: int,
+    device: str | torch.device,
+    progress: bool,
+) -> list[Candidate]:
+    found: list[Candidate] = []
+    for record in tqdm(records, desc="detect", unit="image", disable=not progress):
+        image = torch.from_numpy(cache.load(record.image_id)).float().div(255.0)[None]
+        with torch.no_grad():
+            out = model([image.to(device)])[0]
+        keep = out["scores"] >= score_thresh
+        boxes, labels = out["boxes"][keep][:top_k], out["labels"][keep][:top_k]
+        scores = out["scores"][keep][:top_k]
+        for rank, (box, label, score) in enumerate(
+            zip(boxes.cpu().tolist(), labels.tolist(), scores.tolist(), strict=True)
+        ):
+            found.append(Candidate(record.image_id, rank, int(label), float(score), tuple(box)))
+    return found
+
+
 def explain(
     model: nn.Module,
     *,
@@ -229,54 +405,129 @@ def explain(
     target_layer: str = DEFAULT_LAYER,
     score_thresh: float = 0.3,
     top_k: int = 3,
+    max_cams: int | None = None,
+    max_images: int | None = None,
     ablation_ratio: float = 1.0,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Write a CAM overlay PNG for each of an image's ``top_k`` boxes scoring ``>= score_thresh``.
+    """Write a CAM overlay PNG, with localisation scores, for the chosen boxes of ``records``.
 
-    Files: ``out_dir/<image key>_<rank>_<finding>.png`` and ``out_dir/cams.csv`` (the returned
-    index: image_id, rank, finding, score, box x1y1x2y2 in **original** pixels, file name).
-    Images without such a box get no file.
+    Every image's ``top_k`` boxes scoring ``>= score_thresh`` are candidates; with ``max_cams``
+    / ``max_images``, :func:`select_boxes` picks among them so that several classes are covered.
+    The ground truth is the records' boxes (pass fused records for fused ground truth): each
+    overlay draws the predicted box (white) and every ground-truth box of the image (magenta), at
+    cache resolution, and the map is scored by :func:`cxrkit.eval.cam_scores.score_cam` against
+    the predicted box and against the ground-truth boxes of its class.
+
+    Files: ``out_dir/<image key>_<rank>_<finding>.png`` and ``out_dir/cams.csv``, the returned
+    index with one row per CAM (:data:`INDEX_COLUMNS`): image_id, rank (the box's place among the
+    image's detections), finding, score, the box in **original** pixels (x1..y2) and in cache
+    pixels (cache_x1..cache_y2), ``resolution`` (``cache``: maps, overlays and scores are in cache
+    pixels), n_gt (ground-truth boxes of that class in the image), the four scores, file name.
+    Images without a chosen box get no file.
     """
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    for name, limit in (("max_cams", max_cams), ("max_images", max_images)):
+        if limit is not None and limit < 1:
+            raise ConfigError(f"{name} must be >= 1 (or None for no limit), got {limit}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval().to(device)
+    candidates = _detect(
+        model,
+        records,
+        cache=cache,
+        score_thresh=score_thresh,
+        top_k=top_k,
+        device=device,
+        progress=progress,
+    )
+    chosen = select_boxes(candidates, max_cams=max_cams, max_images=max_images, per_image=top_k)
+    by_image: dict[str, list[Candidate]] = {}
+    for c in chosen:
+        by_image.setdefault(c.image_id, []).append(c)
     rows = []
-    for record in tqdm(records, desc=f"{method} CAM", unit="image", disable=not progress):
-        pixels = cache.load(record.image_id)
-        image = torch.from_numpy(pixels).float().div(255.0)[None].to(device)
-        with torch.no_grad():
-            found = model([image])[0]
-        keep = found["scores"] >= score_thresh
-        boxes = found["boxes"][keep][:top_k]
-        labels = found["labels"][keep][:top_k]
-        scores = found["scores"][keep][:top_k]
-        if len(boxes) == 0:
-            continue
-        maps = box_cams(
+    wanted = [r for r in records if r.image_id in by_image]
+    for record in tqdm(wanted, desc=f"{method} CAM", unit="image", disable=not progress):
+        picked = sorted(by_image[record.image_id], key=lambda c: c.rank)
+        rows += _explain_image(
             model,
-            image,
-            boxes=boxes,
-            labels=labels,
+            record,
+            picked,
+            cache=cache,
+            classes=classes,
+            out_dir=out_dir,
             method=method,
             target_layer=target_layer,
             ablation_ratio=ablation_ratio,
             batch_size=batch_size,
+            device=device,
         )
-        original = cache.geometry(record.image_id).boxes_to_original(boxes.cpu().numpy())
-        for rank, (box, label, score, cam) in enumerate(
-            zip(boxes.cpu().numpy(), labels.tolist(), scores.tolist(), maps, strict=True)
-        ):
-            finding = classes[label - 1]
-            name = f"{item_key(record.image_id)}_{rank}_{_slug(finding)}.png"
-            caption = f"{finding} {score:.2f}"
-            _write_png(out_dir / name, draw_overlay(pixels, cam, box=box, caption=caption))
-            x1, y1, x2, y2 = (float(v) for v in original[rank])
-            rows.append((record.image_id, rank, finding, float(score), x1, y1, x2, y2, name))
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
     io.atomic_write(out_dir / INDEX_FILE, lambda tmp: index.to_csv(tmp, index=False))
     return index
+
+
+def _explain_image(
+    model: nn.Module,
+    record: Record,
+    picked: Sequence[Candidate],
+    *,
+    cache: Cache,
+    classes: Sequence[str],
+    out_dir: Path,
+    method: str,
+    target_layer: str,
+    ablation_ratio: float,
+    batch_size: int,
+    device: str | torch.device,
+) -> list[tuple]:
+    pixels = cache.load(record.image_id)
+    image = torch.from_numpy(pixels).float().div(255.0)[None].to(device)
+    boxes = torch.tensor([c.box for c in picked], dtype=torch.float32, device=device)
+    labels = torch.tensor([c.label for c in picked], dtype=torch.int64, device=device)
+    maps = box_cams(
+        model,
+        image,
+        boxes=boxes,
+        labels=labels,
+        method=method,
+        target_layer=target_layer,
+        ablation_ratio=ablation_ratio,
+        batch_size=batch_size,
+    )
+    geometry = cache.geometry(record.image_id)
+    # ground truth: original pixels -> cache pixels, the frame of the maps
+    gt_cache = geometry.boxes_to_cache(
+        np.array([[b.x1, b.y1, b.x2, b.y2] for b in record.boxes], dtype=np.float64)
+    )
+    gt = [(tuple(map(float, xy)), b.finding) for xy, b in zip(gt_cache, record.boxes, strict=True)]
+    original = geometry.boxes_to_original(boxes.cpu().numpy())
+    rows = []
+    for c, cam, orig in zip(picked, maps, original, strict=True):
+        finding = classes[c.label - 1]
+        same = [xy for xy, name in gt if name == finding]
+        scores = cam_scores.score_cam(cam, box=c.box, gt_boxes=same)
+        name = f"{item_key(record.image_id)}_{c.rank}_{_slug(finding)}.png"
+        overlay = draw_overlay(
+            pixels, cam, box=c.box, caption=f"{finding} {c.score:.2f}", gt_boxes=gt, legend=LEGEND
+        )
+        _write_png(out_dir / name, overlay)
+        rows.append(
+            (
+                record.image_id,
+                c.rank,
+                finding,
+                c.score,
+                *(float(v) for v in orig),
+                *(float(v) for v in c.box),
+                "cache",
+                len(same),
+                *(scores[k] for k in cam_scores.SCORE_COLUMNS),
+                name,
+            )
+        )
+    return rows

@@ -191,8 +191,13 @@ class FinetuneConfig:
     ignore: list[str] = field(default_factory=list)  # findings whose boxes are dropped on purpose
     # fraction of training images without any box ("No finding") kept as negatives (empty targets)
     negatives_fraction: float = 1.0
+    # validation images drawn with their ground-truth and predicted boxes into TensorBoard at each
+    # validation (global rank 0 only; 0 turns it off). cxrkit's choice: the paper logs no images
+    log_images: int = 4
 
     def __post_init__(self) -> None:
+        if self.log_images < 0:
+            raise ValueError(f"log_images must be >= 0 (0: none), got {self.log_images}")
         if not self.classes:
             raise ValueError("classes must name at least one class")
         if len(set(self.classes)) != len(self.classes):

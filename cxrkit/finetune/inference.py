@@ -23,6 +23,7 @@ from cxrkit.data.records import Record
 from cxrkit.errors import ConfigError
 from cxrkit.finetune import cam, detections
 from cxrkit.finetune.config import FinetuneConfig
+from cxrkit.finetune.data import detection_records
 from cxrkit.finetune.train import load
 
 
@@ -146,6 +147,7 @@ def explain_split(
     out_dir: str | Path,
     image_ids: Sequence[str] = (),
     limit: int | None = None,
+    max_cams: int | None = None,
     method: str = "ablation",
     target_layer: str = cam.DEFAULT_LAYER,
     score_thresh: float = 0.3,
@@ -159,12 +161,20 @@ def explain_split(
     device: str = "auto",
     progress: bool = True,
 ) -> pd.DataFrame:
-    """CAM overlays (:func:`cxrkit.finetune.cam.explain`) for the ``image_ids`` of ``split`` (all
-    of it when empty), at most ``limit`` images; returns the index written as ``cams.csv``.
+    """CAM overlays and scores (:func:`cxrkit.finetune.cam.explain`) for the ``image_ids`` of
+    ``split`` (all of it when empty); returns the index written as ``cams.csv``.
+
+    ``limit`` images and ``max_cams`` boxes at most, chosen by
+    :func:`cxrkit.finetune.cam.select_boxes` among every image's ``top_k`` detections: each class's
+    best box first, then by score (the detector runs over the whole split to choose). The ground
+    truth drawn and scored is the split's boxes fused as the detector's validation fused them
+    (``detection_records``).
 
     Raises:
-        ConfigError: an image id not in the split, and as :func:`open_split`.
+        ConfigError: an image id not in the split, a limit below 1, and as :func:`open_split`.
     """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
     s = open_split(
         model_path,
         manifest=manifest,
@@ -181,11 +191,9 @@ def explain_split(
         if missing:
             raise ConfigError(f"--image-ids {missing[:5]} are not in split {split!r}")
         records = [by_id[i] for i in image_ids]
-    if limit is not None:
-        records = records[: max(0, limit)]
     return cam.explain(
         s.model,
-        records=records,
+        records=detection_records(records, config=s.config, train=False),
         cache=s.cache,
         classes=s.config.classes,
         out_dir=out_dir,
@@ -193,6 +201,8 @@ def explain_split(
         target_layer=target_layer,
         score_thresh=score_thresh,
         top_k=top_k,
+        max_cams=max_cams,
+        max_images=limit,
         ablation_ratio=ablation_ratio,
         batch_size=batch_size,
         device=s.device,

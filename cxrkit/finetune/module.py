@@ -5,7 +5,9 @@ Training: torchvision's Faster R-CNN returns ``loss_classifier``, ``loss_box_reg
 (``train/<name>``) and summed once. Validation: detections are mapped to original pixels, gathered
 from every rank and scored with :func:`cxrkit.eval.detection.evaluate` against the fused validation
 boxes; ``val/mAP50`` (COCO AP@0.5, the checkpoint monitor) and ``val/voc_mAP40`` (the VinBigData
-Kaggle metric) are logged, with ``val/AP50/<class>`` per class.
+Kaggle metric) are logged, with ``val/AP50/<class>`` per class. With a TensorBoard logger, the
+first ``log_images`` validation images of global rank 0 are logged as ``val/overlay/<k>``: the cache
+image with its ground-truth boxes (magenta) and the detector's best boxes (white, class and score).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from lightly.utils.scheduler import CosineWarmupScheduler
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from cxrkit import engine
 from cxrkit.data.cache import Cache
@@ -27,6 +31,7 @@ from cxrkit.finetune.detections import detections_to_frame, empty_frame
 
 MONITOR = "val/mAP50"
 RNG_KEY = "cxrkit_torch_rng_state"  # the CPU generator, saved with every checkpoint
+OVERLAY_BOXES = 5  # predicted boxes drawn per TensorBoard overlay, best first (cxrkit's choice)
 
 
 class DetectorModule(L.LightningModule):
@@ -42,6 +47,8 @@ class DetectorModule(L.LightningModule):
             (``hyper_parameters.config``).
         val_records: the fused validation records (original pixels), the mAP ground truth.
         cache: the cache the validation images come from (their geometry maps boxes back).
+        log_images: validation images drawn with their boxes into TensorBoard per validation
+            (0: none).
 
     Batches (from :class:`cxrkit.data.datasets.DetectionDataset` + ``collate``): ``image``
     FloatTensor[B, 1, H, W] in [0, 1]; ``boxes`` list of FloatTensor[N_i, 4] cache pixels;
@@ -57,14 +64,19 @@ class DetectorModule(L.LightningModule):
         config: dict[str, Any],
         val_records: Sequence[Record] = (),
         cache: Cache | None = None,
+        log_images: int = 4,
     ) -> None:
         super().__init__()
+        if log_images < 0:
+            raise ValueError(f"log_images must be >= 0, got {log_images}")
         self.classes, self.optim = list(classes), optim
         self.save_hyperparameters({"config": config})
         self.model = model
         self.val_records = list(val_records)
         self.cache = cache
         self._val_frames: dict[str, pd.DataFrame] = {}
+        self.log_images = log_images
+        self._overlays: list[np.ndarray] = []
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.model(images)
@@ -97,8 +109,41 @@ class DetectorModule(L.LightningModule):
         # keyed by image: DistributedSampler pads with repeated images, counted once here
         for image_id in ids:
             self._val_frames[image_id] = frame[frame["image_id"] == image_id]
+        if len(self._overlays) < self.log_images and self._tensorboard() is not None:
+            for k, output in enumerate(outputs[: self.log_images - len(self._overlays)]):
+                self._overlays.append(
+                    overlay(
+                        batch["image"][k],
+                        output,
+                        gt_boxes=batch["boxes"][k],
+                        gt_labels=batch["labels"][k],
+                        classes=self.classes,
+                    )
+                )
+
+    def _tensorboard(self) -> Any:
+        """The TensorBoard ``SummaryWriter`` on global rank 0 outside the sanity check, else
+        None."""
+        trainer = self._trainer
+        if trainer is None or not trainer.is_global_zero or trainer.sanity_checking:
+            return None
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                return logger.experiment
+        return None
+
+    def _log_overlays(self) -> None:
+        writer, images = self._tensorboard(), self._overlays
+        self._overlays = []
+        if writer is None:
+            return
+        for k, image in enumerate(images):
+            writer.add_image(
+                f"val/overlay/{k}", image, global_step=self.global_step, dataformats="HWC"
+            )
 
     def on_validation_epoch_end(self) -> None:
+        self._log_overlays()
         if self.cache is None or not self.val_records:
             return
         from cxrkit.eval import detection
@@ -162,6 +207,48 @@ class DetectorModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+def overlay(
+    image: torch.Tensor,
+    output: dict[str, torch.Tensor],
+    *,
+    gt_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    classes: Sequence[str],
+    n_boxes: int = OVERLAY_BOXES,
+) -> np.ndarray:
+    """One validation image with its boxes, for TensorBoard.
+
+    Args:
+        image: FloatTensor[1, H, W] in [0, 1], cache pixels.
+        output: the detector's ``boxes`` / ``labels`` / ``scores`` for it (cache pixels, best
+            first); the ``n_boxes`` best are drawn white with class and score.
+        gt_boxes, gt_labels: FloatTensor[N, 4] (cache pixels), Int64Tensor[N] (1..len(classes));
+            drawn magenta. N may be 0.
+
+    Returns:
+        uint8 (H, W, 3) RGB.
+    """
+    from cxrkit.finetune.cam import LEGEND, draw_boxes
+
+    grey = (image[0].detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    bgr = np.repeat(grey[..., None], 3, axis=2)
+    predicted = [
+        (box, f"{classes[int(label) - 1]} {float(score):.2f}")
+        for box, label, score in zip(
+            output["boxes"][:n_boxes].detach().cpu().tolist(),
+            output["labels"][:n_boxes].tolist(),
+            output["scores"][:n_boxes].tolist(),
+            strict=True,
+        )
+    ]
+    truth = [
+        (box, classes[int(label) - 1])
+        for box, label in zip(gt_boxes.detach().cpu().tolist(), gt_labels.tolist(), strict=True)
+    ]
+    draw_boxes(bgr, predicted=predicted, ground_truth=truth, legend=LEGEND)
+    return np.ascontiguousarray(bgr[..., ::-1])
 
 
 def _value(metric: Any) -> float:

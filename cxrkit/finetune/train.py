@@ -106,6 +106,7 @@ def fit(config: FinetuneConfig, *, resume: str | Path | bool = "auto") -> engine
         config=to_dict(config),
         val_records=val_records,
         cache=cache,
+        log_images=config.log_images,
     )
     engine.apply_channels_last_and_compile(module.model, config.trainer)
     has_val = bool(val_records)

@@ -12,7 +12,8 @@ The chain (each step a resumable stage of :class:`cxrkit.reproduce.pipeline.Pipe
                  BT - ImageNet with its paired image bootstrap, per class, per view, Kaggle metric
     linear-eval  AUROC of each initialisation on NIH (init x label fraction), per protocol in
                  :data:`LINEAR_EVAL_PROTOCOLS`
-    cams         Ablation-CAM of the Barlow Twins and ImageNet detectors side by side -> a panel
+    cams         Ablation-CAM of every arm's detector on the same test images -> a panel, and
+                 each arm's CAM energy in box / pointing game with intervals, BT - ImageNet
 
 Every value of the protocol comes from ``configs/barlowtwins_cxr/`` (each commented with its
 source); ``--scale tiny`` applies small sizes on top of the same files and, without ``--nih`` /
@@ -230,7 +231,7 @@ def plan(
                     f"{LINEAR_STEP_S} s/step assumed (not measured)" if paper else "",
                 )
             )
-    stages.append(StagePlan("cams", "Ablation-CAM panel, Barlow Twins vs ImageNet"))
+    stages.append(StagePlan("cams", "Ablation-CAM panel and localisation scores, every arm"))
     return stages
 
 
@@ -380,17 +381,19 @@ def run(
     cams = pipeline.stage(
         "cams",
         lambda: _cams(
-            {
-                arm: pipeline.result(f"detector-{arm}-{first}-seed0")["detector"]
-                for arm in ("bt", "imagenet")
-            },
+            {arm: pipeline.result(f"detector-{arm}-{first}-seed0")["detector"] for arm in ARMS},
             caches=pipeline.result("preprocess"),
             size=first,
             out=pipeline.out_dir / "cams",
             folder=folder,
             scale=sizes,
         ),
-        settings={"scale": sizes.name, "size": first},
+        settings={
+            "scale": sizes.name,
+            "size": first,
+            "arms": list(ARMS),
+            "n_bootstrap": sizes.n_bootstrap,
+        },
     )
     if evaluated is None:
         say("eval has not run (--stage): no tables written")
@@ -936,18 +939,26 @@ def _cams(
     folder: Path,
     scale: Scale,
 ) -> dict[str, Any]:
-    """Ablation-CAM of each arm's best box on the same test images, as one panel image."""
+    """Ablation-CAM of each arm's top boxes on the same test images: a panel image, and the
+    localisation scores (:mod:`cxrkit.eval.cam_scores`) per arm with the BT - ImageNet difference,
+    paired by image."""
     import cv2
 
     from cxrkit import finetune, io
     from cxrkit.data import loading
-    from cxrkit.finetune.cam import CamConfig
+    from cxrkit.eval import cam_scores
+    from cxrkit.finetune.cam import CamConfig, cover_classes
+    from cxrkit.finetune.data import detection_records
 
     cam = _load(CamConfig, [folder / "cam.yaml"], scale.cam_overrides)
     cache, every = loading.open_records(_data_config(caches[f"vindr_{size}"]), progress=False)
-    records = [r for r in loading.in_split(every, "test") if r.boxes][: scale.cam_images]
+    # ground truth fused as for the mAP; the images chosen by their classes (not by any arm)
+    config = _load(finetune.Config, [folder / "detector.yaml"], [])
+    test = detection_records(loading.in_split(every, "test"), config=config, train=False)
+    records = cover_classes(test, n=scale.cam_images)
     tiles: dict[str, list[np.ndarray]] = {}
     counts: dict[str, int] = {}
+    indexes = {}
     for arm, path in detectors.items():
         model, config = finetune.load(path)
         model.roi_heads.score_thresh = min(model.roi_heads.score_thresh, cam.score_thresh)
@@ -960,6 +971,7 @@ def _cams(
             progress=False,
             **dataclasses.asdict(cam),
         )
+        indexes[arm] = index
         counts[arm] = len(index)
         tiles[arm] = []
         for record in records:
@@ -991,11 +1003,23 @@ def _cams(
         ok, encoded = cv2.imencode(".png", panel)
         if ok:
             io.atomic_write(panel_path, encoded.tobytes())
+    scores = {
+        arm: cam_scores.summarise(index, n_bootstrap=scale.n_bootstrap, seed=0)
+        for arm, index in indexes.items()
+    }
+    difference = None
+    if "bt" in indexes and "imagenet" in indexes:  # B - A: Barlow Twins minus ImageNet
+        difference = cam_scores.compare(
+            indexes["imagenet"], indexes["bt"], n_bootstrap=scale.n_bootstrap, seed=0
+        )
     return {
         "panel": str(panel_path) if records else "",
         "columns": [ARM_TITLES[a] for a in detectors],
         "images": [r.image_id for r in records],
         "cams": counts,
+        "indexes": {arm: str(out / arm / "cams.csv") for arm in detectors},
+        "scores": scores,
+        "difference": difference,
         "settings": dataclasses.asdict(cam),
     }
 
@@ -1008,6 +1032,111 @@ def _ci(pair: Sequence[float] | None) -> str:
     if not pair or any(v is None or not math.isfinite(v) for v in pair):
         return "n/a"
     return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+
+
+def _per_class_figure(out: Path, evaluated: Mapping[str, Any]) -> list[str]:
+    """``OUT/per_class_ap50.png``: per-class AP50 of every arm side by side, a panel per size."""
+    from cxrkit.eval.report import comparison_figure
+
+    arms, classes = evaluated["arms"], evaluated["classes"]
+    if not arms:
+        return []
+    panels: dict[str, dict[str, list[float]]] = {}
+    legends: dict[str, dict[str, str]] = {}
+    for r in arms:
+        panel = f"{r['size']} px"
+        title = ARM_TITLES[r["arm"]]
+        panels.setdefault(panel, {})[title] = [r["per_class"][c] for c in classes]
+        m = r["map50"]["value"]
+        legends.setdefault(panel, {})[title] = (
+            f"{title} (mAP50 {m:.3f})" if math.isfinite(m) else f"{title} (mAP50 n/a)"
+        )
+    comparison_figure(
+        out / "per_class_ap50.png",
+        categories=classes,
+        panels=panels,
+        legends=legends,
+        ylabel="AP@0.5 (mean over seeds)",
+        title="Per-class AP@0.5 on the VinDr test split, by initialisation",
+    )
+    return [
+        "Per class, side by side (legend: each arm's mAP50):",
+        "",
+        "![per-class AP50](per_class_ap50.png)",
+        "",
+    ]
+
+
+CAM_SCORE_TITLES = {
+    "energy_in_box": "energy in box",
+    "pointing_hit": "pointing hit rate",
+    "energy_in_gt": "energy in GT",
+    "pointing_hit_gt": "pointing hit rate (GT)",
+}
+
+
+def _cam_tables(cams: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The CAM localisation table (per arm, and BT - ImageNet) and its long-form CSV rows."""
+    md = [
+        "## Ablation-CAM localisation (the same test images for every arm)",
+        "",
+    ]
+    rows, csv_rows = [], []
+    for arm, summary in cams["scores"].items():
+        row: dict[str, Any] = {"arm": ARM_TITLES[arm], "CAMs": summary["n_cams"]}
+        for key, title in CAM_SCORE_TITLES.items():
+            entry = summary[key]
+            row[title] = entry["value"]
+            row[f"{title} interval"] = _ci(entry.get("ci"))
+            ci = entry.get("ci") or [math.nan, math.nan]
+            csv_rows.append(
+                {
+                    "section": "cam",
+                    "metric": key,
+                    "arm": arm,
+                    "value": entry["value"],
+                    "bootstrap_ci_low": ci[0],
+                    "bootstrap_ci_high": ci[1],
+                }
+            )
+        rows.append(row)
+    md += [markdown_table(rows, list(rows[0])), ""]
+    d = cams.get("difference")
+    if d:
+        diff_rows = []
+        for key, title in CAM_SCORE_TITLES.items():
+            diff_rows.append(
+                {
+                    "score": title,
+                    "BT - ImageNet": d[key]["value"],
+                    "bootstrap interval": _ci(d[key].get("ci")),
+                    "p (bootstrap)": d[key]["p_value"],
+                }
+            )
+            ci = d[key].get("ci") or [math.nan, math.nan]
+            csv_rows.append(
+                {
+                    "section": "cam_difference",
+                    "metric": key,
+                    "arm": "bt-imagenet",
+                    "value": d[key]["value"],
+                    "bootstrap_ci_low": ci[0],
+                    "bootstrap_ci_high": ci[1],
+                    "p_value": d[key]["p_value"],
+                }
+            )
+        md += [f"### Barlow Twins - ImageNet ({d['pairing']})", ""]
+        md += [markdown_table(diff_rows, list(diff_rows[0])), ""]
+    md += [
+        "energy in box: share of the map's mass inside the box it explains; pointing hit: the "
+        "map's maximum lies in that box; GT: the same against the ground-truth boxes of the box's "
+        "class in that image (CAMs whose image has none are left out). Maps and boxes at cache "
+        "resolution; 95 % percentile bootstrap over test images. Paired by image when both arms "
+        "explained the same images (each its own boxes), else unpaired. Every CAM with its "
+        "scores: cams/<arm>/cams.csv.",
+        "",
+    ]
+    return md, csv_rows
 
 
 def write_tables(
@@ -1171,6 +1300,7 @@ def write_tables(
                 "",
             ]
 
+    md += _per_class_figure(out, evaluated)
     if cams and cams.get("panel"):
         import os
 
@@ -1185,6 +1315,10 @@ def write_tables(
             f"{cams['settings']['ablation_ratio']}.",
             "",
         ]
+    if cams and cams.get("scores"):
+        cam_md, cam_csv = _cam_tables(cams)
+        md += cam_md
+        csv_rows += cam_csv
     all_notes = [
         "mAP50: COCO AP at IoU 0.5 (pycocotools), mean over classes with a test box, then mean "
         "over seeds.",

@@ -18,7 +18,8 @@ Stages::
     table         one table over every external dataset, report.md and report.json
 
 Outputs in ``OUT``: ``model1/``, ``model2/`` (runs), ``predictions/NAME_model{1,2}.csv``,
-``NAME/kcr_table.{md,csv,json}``, ``NAME/result_block.md``, ``table.{md,csv}``, ``report.md``,
+``NAME/kcr_table.{md,csv,json}``, ``NAME/result_block.md``, ``NAME/models_by_view.png`` (Model 1
+vs Model 2 AUROC per finding on AP and on PA films), ``table.{md,csv}``, ``report.md``,
 ``report.json``. p-values: paired DeLong per finding for the model differences, unpaired DeLong
 (R pROC's Student t with Welch df by default, or the normal z) per finding for each model's AP-PA
 gap, the patient bootstrap for means and gap changes, each with its p floor.
@@ -238,6 +239,34 @@ def result_block(name: str, rows: Sequence[Mapping[str, Any]], details: Mapping[
             f"({_p(r['gap_change_p_value'], floor)})"
         )
     return "\n".join(lines) + "\n"
+
+
+def models_by_view_figure(path: Path, rows: Sequence[Mapping[str, Any]], name: str) -> Path:
+    """Model 1 vs Model 2 AUROC per finding, a panel for AP films and one for PA films; the
+    legend gives each model's mean AUROC on those films (the KCR table's ``mean`` row)."""
+    from cxrkit.eval.report import comparison_figure, fmt_number
+
+    findings = [r for r in rows if r["finding"] != "mean"]
+    mean = next(r for r in rows if r["finding"] == "mean")
+    panels: dict[str, dict[str, list[float]]] = {}
+    legends: dict[str, dict[str, str]] = {}
+    for view in ("ap", "pa"):
+        panel = f"{view.upper()} films"
+        for k, model in enumerate(MODELS, 1):
+            key = f"auroc_{view}_{model}"
+            title = f"Model {k}"
+            panels.setdefault(panel, {})[title] = [
+                math.nan if r[key] is None else float(r[key]) for r in findings
+            ]
+            legends.setdefault(panel, {})[title] = f"{title} (mean AUROC {fmt_number(mean[key])})"
+    return comparison_figure(
+        path,
+        categories=[r["finding"] for r in findings],
+        panels=panels,
+        legends=legends,
+        ylabel="AUROC",
+        title=f"{name}: Model 1 (classifier) vs Model 2 (+ reconstruction), by view",
+    )
 
 
 def _stages(scale: str, externals: Sequence[str], *, synthesise: bool) -> list[StagePlan]:
@@ -472,7 +501,23 @@ def run(
             ],
             digits=4,
         )
-        text = "# KCR reproduction\n\n" + "\n".join(blocks) + "\n" + md.read_text()
+        figures = [
+            models_by_view_figure(
+                out / name / "models_by_view.png", pipeline.result(f"eval-{name}")["rows"], name
+            )
+            for name in ext
+        ]
+        links = "".join(
+            f"![{name}: Model 1 vs Model 2 by view]({f.relative_to(out).as_posix()})\n\n"
+            for name, f in zip(ext, figures, strict=True)
+        )
+        text = (
+            "# KCR reproduction\n\n"
+            + "\n".join(blocks)
+            + "\n## AUROC per finding, Model 1 vs Model 2, on AP and on PA films\n\n"
+            + links
+            + md.read_text()
+        )
         from cxrkit.io import atomic_write
 
         report = atomic_write(out / "report.md", text)
@@ -480,7 +525,12 @@ def run(
             out / "report.json",
             {"scale": scale, "datasets": list(ext), "settings": settings, "rows": rows},
         )
-        return {"report": str(report), "table": str(md), "csv": str(csv_path)}
+        return {
+            "report": str(report),
+            "table": str(md),
+            "csv": str(csv_path),
+            "figures": [str(f) for f in figures],
+        }
 
     done = pipeline.stage(
         "table", combine, settings={**settings, "datasets": {k: str(v) for k, v in ext.items()}}

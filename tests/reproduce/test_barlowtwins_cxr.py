@@ -58,6 +58,24 @@ def test_tiny_chain_writes_three_arms_over_two_seeds_with_intervals(tiny_run: Pa
     assert "leakage" not in linear["cxrkit-bt"]
     assert "Protocol: **authors**" in table and "Leakage of this protocol" in table
     assert Path(report["cams"]["panel"]).is_file()
+    # CAM scores per arm, from the same images, with the BT - ImageNet difference
+    cams = report["cams"]
+    assert set(cams["scores"]) == set(driver.ARMS)
+    for arm in driver.ARMS:
+        with Path(cams["indexes"][arm]).open() as f:
+            index = list(csv.DictReader(f))
+        assert {r["image_id"] for r in index} == set(cams["images"])
+        summary = cams["scores"][arm]
+        assert summary["n_cams"] == len(index) == cams["cams"][arm]
+        mean = sum(float(r["energy_in_box"]) for r in index) / len(index)
+        assert math.isclose(summary["energy_in_box"]["value"], mean, abs_tol=1e-9)
+    bt_e, im_e = (cams["scores"][a]["energy_in_box"]["value"] for a in ("bt", "imagenet"))
+    assert cams["difference"]["pairing"] == "paired by image"
+    assert math.isclose(cams["difference"]["energy_in_box"]["value"], bt_e - im_e, abs_tol=1e-9)
+    assert "## Ablation-CAM localisation" in table and "pointing hit rate" in table
+    assert {r["arm"] for r in rows if r["section"] == "cam"} == set(driver.ARMS)
+    # the per-class AP50 figure, arms side by side
+    assert (tiny_run / "per_class_ap50.png").is_file() and "per_class_ap50.png" in table
 
 
 def test_a_rerun_skips_every_stage(tiny_run: Path, capsys) -> None:

@@ -51,6 +51,36 @@ def test_tiny_run_writes_the_table_over_both_datasets(tiny_run: Path) -> None:
         assert "AP-PA mAUROC gap" in block and "Pneumothorax" in block
     report = (tiny_run / "report.md").read_text()
     assert "Welch" in report and "p floor" in report
+    for name in kcr.TINY_EXTERNALS:  # Model 1 vs Model 2 side by side, by view
+        assert (tiny_run / name / "models_by_view.png").is_file()
+        assert f"]({name}/models_by_view.png)" in report
+
+
+def test_models_by_view_figure_legend_gives_each_models_mean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cxrkit.eval import report
+
+    drawn: dict = {}
+    real = report.comparison_figure
+
+    def spy(path: Path, **kwargs: object) -> Path:
+        drawn.update(kwargs)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(report, "comparison_figure", spy)
+    nan = float("nan")
+    rows = [
+        {"finding": "Mass", "auroc_ap_model1": 0.6, "auroc_ap_model2": 0.7,
+         "auroc_pa_model1": 0.8, "auroc_pa_model2": nan},
+        {"finding": "mean", "auroc_ap_model1": 0.6, "auroc_ap_model2": 0.7,
+         "auroc_pa_model1": 0.8, "auroc_pa_model2": nan},
+    ]  # fmt: skip
+    assert kcr.models_by_view_figure(tmp_path / "f.png", rows, "public").is_file()
+    assert drawn["categories"] == ["Mass"]  # the mean row is the legend's, not a bar
+    assert drawn["panels"]["AP films"] == {"Model 1": [0.6], "Model 2": [0.7]}
+    assert drawn["legends"]["AP films"]["Model 2"] == "Model 2 (mean AUROC 0.700)"
+    assert drawn["legends"]["PA films"]["Model 2"] == "Model 2 (mean AUROC n/a)"
 
 
 def test_both_models_are_selected_by_validation_mauroc(tiny_run: Path) -> None:
