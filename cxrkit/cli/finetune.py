@@ -59,9 +59,12 @@ example:
       --method ablation --target-layer backbone.body.layer3 --score-thresh 0.3 --top-k 3 \\
       --out runs/finetune/bt/cams
 
-Writes OUT/<image>_<rank>_<finding>.png (heat map over the cache image, box drawn) and
-OUT/cams.csv. Ablation-CAM runs one forward pass per batch of ablated channels: on a CPU use
---ablation-ratio 0.05 or --method gradcam / eigencam.
+Writes OUT/<image>_<rank>_<finding>.png (heat map over the cache image, the predicted box white,
+the ground-truth boxes magenta) and OUT/cams.csv (one row per CAM: box, score, energy inside the
+box and pointing-game hit, against the box and against the ground truth). --limit / --max-cams
+choose each class's best box first, then the best-scoring rest. Ablation-CAM runs one forward
+pass per batch of ablated channels: on a CPU use --ablation-ratio 0.05 or --method gradcam /
+eigencam.
 """
 
 EXAMPLE = "configs/finetune/faster_rcnn_vindr.yaml"
@@ -113,6 +116,7 @@ def cam_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--image-ids", help="comma-separated image ids (default: the split)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
+    parser.add_argument("--max-cams", type=int, default=None, help="at most this many CAMs")
     parser.add_argument("--method", choices=METHODS, default="ablation")
     parser.add_argument("--target-layer", default=DEFAULT_LAYER, help="dotted module path")
     parser.add_argument("--score-thresh", type=float, default=0.3)
@@ -179,6 +183,7 @@ def _cam(args: argparse.Namespace) -> int:
         out_dir=args.out,
         image_ids=wanted,
         limit=args.limit,
+        max_cams=args.max_cams,
         method=args.method,
         target_layer=args.target_layer,
         score_thresh=args.score_thresh,

@@ -33,13 +33,13 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
 from pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transform
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from cxrkit import io
 from cxrkit.data.cache import Cache, item_key
 from cxrkit.data.records import Record
 from cxrkit.errors import ConfigError
 from cxrkit.eval import cam_scores
+from cxrkit.progress import track
 
 METHODS = ("ablation", "gradcam", "eigencam")
 DEFAULT_LAYER = "backbone.body.layer3"  # BarlowTwins-CXR: res4 in detectron2's names
@@ -380,7 +380,7 @@ def _detect(
     progress: bool,
 ) -> list[Candidate]:
     found: list[Candidate] = []
-    for record in tqdm(records, desc="detect", unit="image", disable=not progress):
+    for record in track(records, desc="detect", unit="image", enabled=progress):
         image = torch.from_numpy(cache.load(record.image_id)).float().div(255.0)[None]
         with torch.no_grad():
             out = model([image.to(device)])[0]
@@ -451,7 +451,7 @@ def explain(
         by_image.setdefault(c.image_id, []).append(c)
     rows = []
     wanted = [r for r in records if r.image_id in by_image]
-    for record in tqdm(wanted, desc=f"{method} CAM", unit="image", disable=not progress):
+    for record in track(wanted, desc=f"{method} CAM", unit="image", enabled=progress):
         picked = sorted(by_image[record.image_id], key=lambda c: c.rank)
         rows += _explain_image(
             model,
