@@ -344,7 +344,8 @@ def _predict(detectors: Mapping[str, Path], data: Any, out: Path) -> dict[str, P
     records = loading.in_split(every, "test")
     paths = {}
     for init, path in detectors.items():
-        model, config = finetune.load(path)
+        detector = finetune.load(path)
+        model, config = detector.model, detector.config
         frame = finetune.predict(
             model,
             records=records,
@@ -385,7 +386,8 @@ def _cams(detector: Path, data: Any, out: Path, *, plan: Plan) -> list[Path]:
     from cxrkit import finetune
     from cxrkit.data import loading
 
-    model, config = finetune.load(detector)
+    loaded = finetune.load(detector)
+    model, config = loaded.model, loaded.config
     # a barely trained detector scores low: take each image's top box whatever its score
     model.roi_heads.score_thresh = 0.0
     cache, every = loading.open_records(data, progress=False)
