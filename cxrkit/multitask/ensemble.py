@@ -149,13 +149,8 @@ class Ensemble:
         on_error: str = "fail",
     ) -> pd.DataFrame:
         """Screen image files, read with the members' preprocessing recipe; one row per image.
-
-        Args:
-            paths: PNG / JPEG / TIFF / DICOM files, or images already read with that recipe
-                (:func:`cxrkit.data.single.read_images`).
-            device: ``auto`` (None), ``cpu``, ``cuda`` or ``cuda:N``.
-            on_error: ``"fail"`` stops at an unreadable file; ``"skip"`` leaves it out and lists
-                it in ``frame.attrs["failed"]``.
+        ``paths``, ``device`` and ``on_error`` as in
+        :meth:`cxrkit.multitask.predictor.Classifier.predict_images`.
 
         Returns:
             ``path, image_id``, every member logit (columns :func:`feature_names`,
