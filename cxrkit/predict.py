@@ -47,6 +47,7 @@ PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
 OVERLAY_DIR = "overlays"
 TOP_FINDINGS = 3  # findings written on a classifier's overlay (cxrkit's choice)
+CHUNK = 16  # files read and predicted at a time, so that a long list does not fill the memory
 MODEL_HINT = (
     "give a detector (detector.pt, or a finetune checkpoint .ckpt), a multi-task model file "
     "(model.pt, member.pt) or a screening ensemble directory (with ensemble.json)"
@@ -137,38 +138,50 @@ def predict_files(
         for f in files:
             if not Path(f).is_file():
                 raise MissingFileError(f"{f}: image file not found")
+    ids = single.image_ids(files)  # over every file: a stem shared across chunks stays told apart
+    names = _overlay_names(ids)
     loaded = load(model) if isinstance(model, str | Path) else model
     kind = kind_of(loaded)
     if score_threshold is not None and kind != "detector":
         raise ConfigError(f"--score-threshold applies to detectors; this model is a {kind}")
-    images = single.read_images(files, recipe=loaded.config.data.preprocess, on_error=on_error)
-    if kind == "detector":
-        frame = loaded.predict_images(images, score_threshold=score_threshold, device=device)
-    else:
-        frame = loaded.predict_images(images, device=device)
-    entries = [_entry(kind, item, frame) for item in images.items]
+    frames, entries, failed, overlays = [], [], [], []
+    for start in range(0, len(files), CHUNK):  # a chunk of images in memory at a time
+        chunk = files[start : start + CHUNK]
+        images = single.read_images(
+            chunk,
+            recipe=loaded.config.data.preprocess,
+            on_error=on_error,
+            ids=ids[start : start + CHUNK],
+        )
+        if kind == "detector":
+            frame = loaded.predict_images(images, score_threshold=score_threshold, device=device)
+        else:
+            frame = loaded.predict_images(images, device=device)
+        frames.append(frame)
+        failed.extend(images.failed)
+        for item in images.items:
+            entry = _entry(kind, item, frame)
+            entries.append(entry)
+            ok, png = cv2.imencode(".png", draw(kind, item, entry))
+            if not ok:
+                raise OSError(f"{item.path}: PNG encoding of the overlay failed")
+            target = out / OVERLAY_DIR / f"{names[item.image_id]}.png"
+            overlays.append(io.atomic_write(target, png.tobytes()))
+    frame = pd.concat(frames, ignore_index=True)
     doc: dict[str, Any] = {
-        "model": str(getattr(loaded, "path", model)),
+        "model": str(model) if isinstance(model, str | Path) else str(getattr(model, "path", "")),
         "kind": kind,
-        "coordinates": "original pixels of each file (x1, y1, x2, y2)",
         "images": entries,
-        "failed": [{"path": f.path, "reason": f.reason} for f in images.failed],
+        "failed": [{"path": f.path, "reason": f.reason} for f in failed],
     }
+    if kind == "detector":
+        doc["coordinates"] = "x1, y1, x2, y2 in the original pixels of each file"
     if kind == "ensemble":
         doc["threshold"] = loaded.threshold
         doc["operating_point"] = loaded.operating_point
     csv_path = io.atomic_write(out / PREDICTIONS_CSV, frame.to_csv(index=False))
     json_path = io.atomic_write(out / PREDICTIONS_JSON, json.dumps(doc, indent=1) + "\n")
-    overlays = []
-    names = _overlay_names([item.image_id for item in images.items])
-    for item, entry in zip(images.items, entries, strict=True):
-        picture = draw(kind, item, entry)
-        ok, png = cv2.imencode(".png", picture)
-        if not ok:
-            raise OSError(f"{item.path}: PNG encoding of the overlay failed")
-        target = out / OVERLAY_DIR / f"{names[item.image_id]}.png"
-        overlays.append(io.atomic_write(target, png.tobytes()))
-    return Predicted(kind, frame, csv_path, json_path, overlays, list(images.failed))
+    return Predicted(kind, frame, csv_path, json_path, overlays, failed)
 
 
 def _entry(kind: str, item: single.Prepared, frame: pd.DataFrame) -> dict[str, Any]:

@@ -210,7 +210,11 @@ class Images:
 
 
 def read_images(
-    paths: Sequence[str | Path], *, recipe: PreprocessConfig, on_error: str = "fail"
+    paths: Sequence[str | Path],
+    *,
+    recipe: PreprocessConfig,
+    on_error: str = "fail",
+    ids: Sequence[str] | None = None,
 ) -> Images:
     """Read every file of ``paths`` with :func:`read_for_model`.
 
@@ -219,9 +223,11 @@ def read_images(
         recipe: the model's preprocessing recipe.
         on_error: ``"fail"`` raises on the first unreadable file; ``"skip"`` lists it in
             ``Images.failed`` (and logs it) and reads the others.
+        ids: the files' image ids (default: :func:`image_ids`).
 
     Raises:
-        ConfigError: no paths, a path given twice, or a bad ``on_error``.
+        ConfigError: no paths, a path given twice, ids not one distinct per file, a bad
+            ``on_error``.
         ImageReadError, DataError: with ``on_error="fail"``, the first file that cannot be read.
     """
     if on_error not in ON_ERROR:
@@ -229,7 +235,10 @@ def read_images(
     if not paths:
         raise ConfigError("no image file given")
     items, failed = [], []
-    for path, image_id in zip(paths, image_ids(paths), strict=True):
+    ids = image_ids(paths) if ids is None else list(ids)
+    if len(ids) != len(paths) or len(set(ids)) != len(ids):
+        raise ConfigError(f"give one distinct image id per file ({len(paths)} files)")
+    for path, image_id in zip(paths, ids, strict=True):
         try:
             items.append(read_for_model(path, recipe=recipe, image_id=image_id))
         except CxrkitError as exc:

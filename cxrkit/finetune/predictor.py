@@ -25,7 +25,7 @@ from cxrkit.finetune import detections
 from cxrkit.finetune.config import FinetuneConfig
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: it holds a network
 class Detector:
     """A trained Faster R-CNN and what it was trained with.
 

@@ -46,7 +46,7 @@ def for_files(config: MultiTaskConfig) -> MultiTaskConfig:
     return dataclasses.replace(config, data=dataclasses.replace(config.data, num_workers=0))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: it holds a network
 class Classifier:
     """A trained multi-task model (KCR Model 1/2, Guendel, or one screening member).
 

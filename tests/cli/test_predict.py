@@ -184,3 +184,22 @@ def test_skip_lists_unreadable_files(
     assert [i["image_id"] for i in doc["images"]] == ["b"]
     assert [f["path"] for f in doc["failed"]] == [str(text)]
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["b.png"]
+
+
+def test_files_sharing_a_stem_across_chunks_keep_distinct_ids(
+    models: dict[str, Path], files: list[Path], tmp_path: Path, monkeypatch
+) -> None:
+    from cxrkit import predict
+
+    monkeypatch.setattr(predict, "CHUNK", 1)  # one file per chunk: ids are still decided over all
+    twin = tmp_path / "sub" / "a.png"
+    twin.parent.mkdir()
+    twin.write_bytes(files[0].read_bytes())
+    result = predict.predict_files(
+        models["classifier"], [files[0], twin, files[1]], out_dir=tmp_path / "out", device="cpu"
+    )
+    assert list(result.frame["image_id"]) == [str(files[0]), str(twin), "b"]
+    assert len({p.name for p in result.overlays}) == 3
+    # the same pixels give the same scores, whichever chunk read them
+    scores = result.frame.drop(columns=["path", "image_id"]).to_numpy()
+    np.testing.assert_array_equal(scores[0], scores[1])
