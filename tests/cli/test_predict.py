@@ -51,11 +51,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         MultiTaskConfig,
         files=[configs / "tiny_screening.yaml"],
         overrides=[
-            "screening.diseases=[Pneumothorax,Effusion]",
-            "screening.risk_groups=[critical=Pneumothorax,urgent=Effusion]",
+            "screening.diseases=[Effusion]",  # one member: the SVM's input is still its logits
+            "screening.risk_groups=[urgent=Effusion]",
         ],
     )
-    members = [build_from_config(scr, num_outputs=3, load_weights=False).eval() for _ in "ab"]
+    members = [build_from_config(scr, num_outputs=3, load_weights=False).eval()]
     out = root / "ensemble"
     paths = [
         multitask_train.save_model(
@@ -64,7 +64,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for m, d in zip(members, scr.screening.diseases, strict=True)
     ]
     rng = np.random.default_rng(0)
-    svm, _ = ensembles.fit_svm(rng.normal(size=(20, 6)), np.r_[np.zeros(10), np.ones(10)])
+    svm, _ = ensembles.fit_svm(rng.normal(size=(20, 3)), np.r_[np.zeros(10), np.ones(10)])
     ensembles.Ensemble(
         diseases=list(scr.screening.diseases),
         members=members,

@@ -33,7 +33,8 @@ DICOM_LESION = (150, 30, 210, 90)  # in the DICOM's pixels (300 x 200)
 
 class BrightestRegion(nn.Module):
     """A stand-in detector with a known answer: the box of the pixels brighter than 0.6, in the
-    pixels of the image it is given (torchvision's output contract)."""
+    pixels of the image it is given (torchvision's output contract), scored 0.8; like
+    torchvision's ROI heads it drops boxes below ``roi_heads.score_thresh``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -41,16 +42,12 @@ class BrightestRegion(nn.Module):
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         out = []
+        keep = int(self.roi_heads.score_thresh <= 0.8)
         for image in images:
             ys, xs = torch.nonzero(image[0] > 0.6, as_tuple=True)
             boxes = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]).float()
-            out.append(
-                {
-                    "boxes": boxes,
-                    "labels": torch.ones(1, dtype=torch.int64),
-                    "scores": torch.ones(1),
-                }
-            )
+            labels, scores = torch.ones(1, dtype=torch.int64), torch.full((1,), 0.8)
+            out.append({"boxes": boxes[:keep], "labels": labels[:keep], "scores": scores[:keep]})
         return out
 
 
@@ -84,6 +81,12 @@ def test_known_boxes_come_back_in_each_files_original_pixels(tmp_path: Path, cr_
         found = np.array([row.x1, row.y1, row.x2, row.y2])
         # cache pixels are 2x (PNG: 256 -> 128) and 2.34x (DICOM: 300 -> 128) the original ones
         assert np.abs(found - np.array(truth)).max() <= 2.5, (row.image_id, found, truth)
+    # score_threshold reaches the ROI heads for the call only
+    assert len(detector.predict_images(files, score_threshold=0.7)) == 2
+    assert detector.predict_images(files, score_threshold=0.9).empty
+    assert detector.model.roi_heads.score_thresh == 0.05
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        detector.predict_images(files, score_threshold=1.0)
 
 
 def test_predict_images_equals_predict_on_a_cache_of_the_files(tmp_path: Path, cr_dicom) -> None:
@@ -121,9 +124,3 @@ def test_predict_images_equals_predict_on_a_cache_of_the_files(tmp_path: Path, c
     png_rows = frame[frame["path"] == str(files[0])]
     assert (frame["x2"] <= 300).all() and (png_rows["x2"] <= 256).all()
     assert (png_rows["y2"] <= 192).all() and len(png_rows) < len(frame)
-
-    high = detector.predict_images(files, score_threshold=0.5, device="cpu")
-    assert (high["score"] >= 0.5).all()
-    assert detector.model.roi_heads.score_thresh == 0.0  # restored after the call
-    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
-        detector.predict_images(files, score_threshold=1.0)

@@ -83,13 +83,13 @@ def test_member_and_ensemble_score_files_as_on_their_cache(tmp_path: Path, cr_di
         MultiTaskConfig,
         files=[CONFIGS / "tiny_screening.yaml"],
         overrides=[
-            "screening.diseases=[Pneumothorax,Effusion]",
-            "screening.risk_groups=[critical=Pneumothorax,urgent=Effusion]",
+            "screening.diseases=[Effusion]",  # one member: the SVM's input is still its logits
+            "screening.risk_groups=[urgent=Effusion]",
         ],
     )
     records, cache = _cache(files, config, tmp_path)
     torch.manual_seed(0)
-    members = [build_from_config(config, num_outputs=3, load_weights=False).eval() for _ in "ab"]
+    members = [build_from_config(config, num_outputs=3, load_weights=False).eval()]
     out = tmp_path / "ensemble"
     paths = [
         train.save_model(
@@ -98,7 +98,7 @@ def test_member_and_ensemble_score_files_as_on_their_cache(tmp_path: Path, cr_di
         for m, d in zip(members, config.screening.diseases, strict=True)
     ]
     rng = np.random.default_rng(0)
-    svm, _ = ensembles.fit_svm(rng.normal(size=(20, 6)), np.r_[np.zeros(10), np.ones(10)])
+    svm, _ = ensembles.fit_svm(rng.normal(size=(20, 3)), np.r_[np.zeros(10), np.ones(10)])
     ensembles.Ensemble(
         diseases=list(config.screening.diseases),
         members=members,
@@ -108,7 +108,7 @@ def test_member_and_ensemble_score_files_as_on_their_cache(tmp_path: Path, cr_di
         config=config,
     ).save(out, member_paths=paths)
 
-    member = multitask.load(paths[1])
+    member = multitask.load(paths[0])
     assert member.is_member and member.findings == ["Effusion"]
     table = member.predict_images(files, device="cpu")
     expected = screening.predict_member(
