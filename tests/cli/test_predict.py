@@ -203,3 +203,16 @@ def test_files_sharing_a_stem_across_chunks_keep_distinct_ids(
     # the same pixels give the same scores, whichever chunk read them
     scores = result.frame.drop(columns=["path", "image_id"]).to_numpy()
     np.testing.assert_array_equal(scores[0], scores[1])
+
+
+def test_a_real_monochrome1_jpeg2000_dicom(
+    models: dict[str, Path], shared_data: Path, tmp_path: Path
+) -> None:
+    rg1 = shared_data / "dicom" / "RG1_J2KI.dcm"  # real CR chest PA, 1841 x 1955
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(models["classifier"]), str(rg1), "--out", str(out)]
+    assert cli.main([*argv, "--device", "cpu"]) == 0
+    doc = json.loads((out / "predictions.json").read_text())
+    assert (doc["images"][0]["width"], doc["images"][0]["height"]) == (1841, 1955)
+    overlay = cv2.imread(str(out / "overlays" / "RG1_J2KI.png"))
+    assert overlay.shape == (1955, 1841, 3)

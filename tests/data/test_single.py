@@ -115,3 +115,22 @@ def test_ids_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="another preprocessing recipe"):
         single.ensure_read(images, recipe=PreprocessConfig(size=32))
     assert single.ensure_read(images, recipe=RECIPE) is images
+
+
+def test_real_dicoms_and_png_equal_the_cache_build(shared_data: Path, tmp_path: Path) -> None:
+    # RG1: a real Philips CR, MONOCHROME1, 15-bit JPEG 2000 with a window, 1841 x 1955 (not
+    # square); Fake_MONOHR1: a JPEG-baseline MONOCHROME1 twin; and an 8-bit NIH PNG
+    paths = [
+        shared_data / "dicom" / "RG1_J2KI.dcm",
+        shared_data / "dicom" / "Fake_MONOHR1.dcm",
+        shared_data / "nih" / "images" / "00000032_037.png",
+    ]
+    recipe = PreprocessConfig(size=128)
+    build_cache(records=_records(paths), out_dir=tmp_path / "c", recipe=recipe, progress=False)
+    cache = Cache(tmp_path / "c")
+    for path in paths:
+        item = single.read_for_model(path, recipe=recipe)
+        np.testing.assert_array_equal(item.image, cache.load(path.stem))
+        assert item.geometry == cache.geometry(path.stem)
+    rg1 = single.read_for_model(paths[0], recipe=recipe).geometry
+    assert (rg1.orig_width, rg1.orig_height) == (1841, 1955) and rg1.pad_left == 57.0
