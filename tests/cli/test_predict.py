@@ -216,3 +216,26 @@ def test_a_real_monochrome1_jpeg2000_dicom(
     assert (doc["images"][0]["width"], doc["images"][0]["height"]) == (1841, 1955)
     overlay = cv2.imread(str(out / "overlays" / "RG1_J2KI.png"))
     assert overlay.shape == (1955, 1841, 3)
+
+
+def test_the_kind_is_read_from_the_file(models: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from cxrkit import predict
+    from cxrkit.finetune.predictor import Detector
+    from cxrkit.multitask import Classifier, Ensemble
+
+    assert isinstance(predict.load(models["classifier"]), Classifier)
+    assert isinstance(predict.load(models["ensemble"]), Ensemble)
+    blob = torch.load(models["detector"], weights_only=True)
+    # a finetune Lightning checkpoint holds the same weights under the module's "model." prefix
+    ckpt = tmp_path / "best.ckpt"
+    state = {f"model.{k}": v for k, v in blob["state_dict"].items()}
+    torch.save({"hyper_parameters": {"config": blob["config"]}, "state_dict": state}, ckpt)
+    detector = predict.load(ckpt)
+    assert isinstance(detector, Detector) and detector.path == ckpt
+    for key, value in detector.model.state_dict().items():
+        assert torch.equal(value, blob["state_dict"][key]), key
+    # a backbone.pth (plain weights, no configuration) is no model to predict with
+    backbone = tmp_path / "backbone.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, backbone)
+    err = _fails(["predict", "--model", str(backbone), str(ckpt), "--out", str(tmp_path)], capsys)
+    assert f"{backbone}: not a cxrkit model file" in err
