@@ -361,7 +361,8 @@ def _predict(detectors: Mapping[str, Path], data: Any, out: Path) -> dict[str, P
     records = loading.in_split(every, "test")
     paths = {}
     for init, path in detectors.items():
-        model, config = finetune.load(path)
+        detector = finetune.load(path)
+        model, config = detector.model, detector.config
         frame = finetune.predict(
             model,
             records=records,
@@ -417,7 +418,8 @@ def _cams(
     records = cover_classes(test, n=plan.cam_images)
     indexes, files = {}, {}
     for init, path in detectors.items():
-        model, config = finetune.load(path)
+        loaded = finetune.load(path)
+        model, config = loaded.model, loaded.config
         # a barely trained detector scores low: take each image's top boxes whatever their score
         model.roi_heads.score_thresh = 0.0
         index = finetune.explain(

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "finetune": "cxrkit.cli.finetune",
     "multitask": "cxrkit.cli.multitask",
     "eval": "cxrkit.cli.eval",
+    "predict": "cxrkit.cli.predict",
     "reproduce": "cxrkit.cli.reproduce",
     "export": "cxrkit.cli.export",
     "demo": "cxrkit.cli.demo",

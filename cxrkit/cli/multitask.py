@@ -136,7 +136,8 @@ def _predict(argv: Sequence[str]) -> int:
     from cxrkit.multitask import train
 
     check_output(ns.out)  # before the cache is opened (or built) and the model runs
-    model, config, blob = train.load(ns.model)
+    classifier = train.load(ns.model)
+    model, config, blob = classifier.model, classifier.config, classifier.extra
     config = _for_inference(config, ns)
     cache, records = _records(config, ns)
     if config.task == "screening":

@@ -53,7 +53,8 @@ def open_split(
     Raises:
         ConfigError: no manifest or cache given and the detector names none; a bad ``device``.
     """
-    model, config = load(model_path)
+    detector = load(model_path)
+    model, config = detector.model, detector.config
     data = dataclasses.replace(
         config.data,
         manifest=manifest or config.data.manifest,

@@ -28,6 +28,7 @@ from cxrkit.finetune.config import AugmentConfig, FinetuneConfig, config_from_di
 from cxrkit.finetune.data import detection_records
 from cxrkit.finetune.model import build_detector, from_config
 from cxrkit.finetune.module import MONITOR, DetectorModule
+from cxrkit.finetune.predictor import Detector
 
 log = logging.getLogger(__name__)
 DETECTOR_FILE = "detector.pt"
@@ -184,12 +185,13 @@ def save(model: nn.Module, config: FinetuneConfig, path: Path) -> Path:
     )
 
 
-def load(path: str | Path) -> tuple[nn.Module, FinetuneConfig]:
+def load(path: str | Path) -> Detector:
     """Load a detector from ``detector.pt`` (or an older file without a format key) or a
     Lightning checkpoint (``.ckpt``) of this stage. The initial-weights file is not read.
 
     Returns:
-        The model in eval mode (CPU) and its configuration.
+        The :class:`~cxrkit.finetune.predictor.Detector`: ``.model`` in eval mode (CPU),
+        ``.config``, ``.path``, ``.classes``, and ``.predict_images(paths)`` on image files.
 
     Raises:
         MissingFileError: no such file. CheckpointError: not a detector file or finetune
@@ -221,4 +223,4 @@ def load(path: str | Path) -> tuple[nn.Module, FinetuneConfig]:
         raise DataError(
             f"{path}: weights do not fit the detector its config describes: {first}"
         ) from exc
-    return model.eval(), config
+    return Detector(model=model.eval(), config=config, path=path)

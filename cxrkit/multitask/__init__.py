@@ -12,17 +12,19 @@ From Python::
     from cxrkit import multitask
     cfg = cxrkit.load_config(multitask.Config, "configs/multitask/kcr_model1.yaml", overrides=[...])
     run = multitask.fit(cfg)                       # run.artifacts["model"], ["predictions"]
-    model, cfg, _ = multitask.load(run.artifacts["model"])
-    scores = multitask.predict(model, cfg, records=records, cache=cache)
+    classifier = multitask.load(run.artifacts["model"])   # .model, .config, .extra, .findings
+    scores = multitask.predict(classifier.model, classifier.config, records=records, cache=cache)
+    wide = classifier.predict_images(["a.dcm", "b.png"])  # one row per file
 
 Modules: :mod:`.config` (the experiment schema), :mod:`.model` and :mod:`.decoder` (networks),
 :mod:`.targets` and :mod:`.losses` (what is learned), :mod:`.dataset` (per-image targets),
 :mod:`.module` (the LightningModule), :mod:`.train` (a run, model files, predictions),
-:mod:`.ensemble` and :mod:`.screening`.
+:mod:`.predictor` (a loaded model on image files), :mod:`.ensemble` and :mod:`.screening`.
 """
 
 from cxrkit.multitask.config import MultiTaskConfig as Config
 from cxrkit.multitask.ensemble import Ensemble
+from cxrkit.multitask.predictor import Classifier
 from cxrkit.multitask.train import fit, load, predict
 
-__all__ = ["Config", "Ensemble", "fit", "load", "predict"]
+__all__ = ["Classifier", "Config", "Ensemble", "fit", "load", "predict"]

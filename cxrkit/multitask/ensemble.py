@@ -13,6 +13,7 @@ highest threshold reaching the target sensitivity on the calibration split. Trai
 
     ensemble = Ensemble.load("runs/multitask/screening")
     scores = ensemble.predict(records=records, cache=cache)   # image_id, score
+    frame = ensemble.predict_images(["a.dcm", "b.png"])       # logits, score, abnormal per file
     ids, feats = ensemble.features_of(records=records, cache=cache)
     per_member = ensemble.member_frame(ids, feats)   # image_id, member, p_normal, p_target, ...
 """
@@ -32,6 +33,7 @@ import pandas as pd
 import torch
 
 from cxrkit import engine, io
+from cxrkit.data import single
 from cxrkit.data.cache import Cache
 from cxrkit.data.findings import parse as parse_finding
 from cxrkit.data.records import Record
@@ -39,6 +41,7 @@ from cxrkit.errors import DataError, MissingFileError
 from cxrkit.multitask import targets
 from cxrkit.multitask.config import MultiTaskConfig
 from cxrkit.multitask.model import MultiTaskModel
+from cxrkit.multitask.predictor import for_files, unlabelled
 from cxrkit.multitask.train import inference_loader, load
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -138,6 +141,44 @@ class Ensemble:
         ids, feats = self.features_of(records=records, cache=cache, device=device)
         return screening_frame(ids, self.score(feats))
 
+    def predict_images(
+        self,
+        paths: Sequence[str | Path] | single.Images,
+        *,
+        device: str | None = None,
+        on_error: str = "fail",
+    ) -> pd.DataFrame:
+        """Screen image files, read with the members' preprocessing recipe; one row per image.
+        ``paths``, ``device`` and ``on_error`` as in
+        :meth:`cxrkit.multitask.predictor.Classifier.predict_images`.
+
+        Returns:
+            ``path, image_id``, every member logit (columns :func:`feature_names`,
+            ``<disease>:normal`` ...), ``score`` (the SVM decision value, as in ``cxrkit
+            multitask screen``) and ``abnormal`` (``score >= threshold``, the ensemble's saved
+            operating point; ``frame.attrs["threshold"]`` holds it).
+
+        Raises:
+            ValueError: an ensemble without configuration or SVM (not a trained one).
+            ConfigError, ImageReadError, DataError: as
+                :meth:`cxrkit.multitask.predictor.Classifier.predict_images`.
+        """
+        if self.config is None or self.svm is None:
+            raise ValueError("this ensemble has no configuration or SVM: load a trained one")
+        images = single.ensure_read(paths, recipe=self.config.data.preprocess, on_error=on_error)
+        files = dataclasses.replace(self, config=for_files(self.config))
+        with unlabelled():
+            ids, feats = files.features_of(
+                records=images.records, cache=images.cache, device=device or "auto"
+            )
+        frame = pd.DataFrame(feats, columns=feature_names(self.diseases, classes=self.classes))
+        frame.insert(0, "image_id", list(ids))
+        frame["score"] = self.score(feats) if len(ids) else np.zeros(0)
+        frame["abnormal"] = frame["score"] >= self.threshold
+        frame = single.with_paths(frame, images)
+        frame.attrs["threshold"] = self.threshold
+        return frame
+
     def save(self, directory: str | Path, *, member_paths: Sequence[Path]) -> Path:
         """Write ``svm.skops`` and ``ensemble.json`` (members already saved at ``member_paths``)."""
         import skops.io as sio
@@ -212,7 +253,8 @@ class Ensemble:
                 raise MissingFileError(f"{path}: member checkpoint of {entry['disease']!r} missing")
             if entry.get("sha256") and io.sha256(path) != entry["sha256"]:
                 raise DataError(f"{path}: checksum differs from {doc_path}; the file was changed")
-            model, member_config, _ = load(path)
+            member = load(path)
+            model, member_config = member.model, member.config
             config = config or member_config
             diseases.append(entry["disease"])
             members.append(model)

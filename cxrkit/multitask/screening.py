@@ -329,7 +329,7 @@ def fit_ensemble(config: MultiTaskConfig, *, resume: str | bool = "auto") -> eng
         return result
     ensemble = Ensemble(
         diseases=list(config.screening.diseases),
-        members=[load(p)[0] for p in paths],
+        members=[load(p).model for p in paths],
         svm=None,
         threshold=float("nan"),
         target_sensitivity=config.screening.target_sensitivity,

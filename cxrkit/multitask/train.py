@@ -33,6 +33,7 @@ from cxrkit.multitask.config import SELECTIONS, MultiTaskConfig, config_from_dic
 from cxrkit.multitask.dataset import MaskLayout, MultiTaskDataset, mask_layout
 from cxrkit.multitask.model import MultiTaskModel, build_from_config
 from cxrkit.multitask.module import MultiTaskModule
+from cxrkit.multitask.predictor import Classifier
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
@@ -138,12 +139,14 @@ def save_model(model: MultiTaskModel, config: MultiTaskConfig, path: Path, **ext
     )
 
 
-def load(path: str | Path) -> tuple[MultiTaskModel, MultiTaskConfig, dict[str, Any]]:
+def load(path: str | Path) -> Classifier:
     """Read a model file written by :func:`save_model` (also those written before the ``format``
     key existed), with ``torch.load(weights_only=True)``.
 
     Returns:
-        The model (weights loaded, eval mode), its config and the whole file's dict.
+        The :class:`~cxrkit.multitask.predictor.Classifier`: ``.model`` (weights loaded, eval
+        mode), ``.config``, ``.extra`` (the whole file's dict), ``.findings``, and
+        ``.predict_images(paths)`` on image files.
 
     Raises:
         MissingFileError: no such file. CheckpointError: not a cxrkit multitask model file, or
@@ -162,7 +165,7 @@ def load(path: str | Path) -> tuple[MultiTaskModel, MultiTaskConfig, dict[str, A
         raise CheckpointError(
             f"{path}: weights do not match the model its config describes ({exc})"
         ) from None
-    return model.eval(), config, blob
+    return Classifier(model=model.eval(), config=config, extra=blob, path=Path(path))
 
 
 def num_outputs(config: MultiTaskConfig) -> int:

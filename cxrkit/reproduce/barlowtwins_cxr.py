@@ -681,7 +681,8 @@ def _predict(
 
     paths = {}
     for name, path in detectors.items():
-        model, config = finetune.load(path)
+        detector = finetune.load(path)
+        model, config = detector.model, detector.config
         size = config.data.preprocess.size
         cache, every = loading.open_records(_data_config(caches[f"vindr_{size}"]), progress=False)
         frame = finetune.predict(
@@ -960,7 +961,8 @@ def _cams(
     counts: dict[str, int] = {}
     indexes = {}
     for arm, path in detectors.items():
-        model, config = finetune.load(path)
+        detector = finetune.load(path)
+        model, config = detector.model, detector.config
         model.roi_heads.score_thresh = min(model.roi_heads.score_thresh, cam.score_thresh)
         index = finetune.explain(
             model,

@@ -159,7 +159,8 @@ def predict_records(
     from cxrkit import multitask
     from cxrkit.data import loading
 
-    model, config, _ = multitask.load(model_path)
+    classifier = multitask.load(model_path)
+    model, config = classifier.model, classifier.config
     data = replace(config.data, manifest=str(manifest), cache=str(cache_dir), num_workers=0)
     cache, records = loading.open_records(data, progress=False)
     records = loading.in_split(records, split)

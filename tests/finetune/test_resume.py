@@ -62,7 +62,8 @@ def test_resume_without_the_weights_file_matches_an_uninterrupted_run(
     # the Python API: the returned artifacts are what a user takes on
     assert set(resumed.artifacts) == {"detector", "predictions"}
     assert set(resumed.metrics) == {"val/mAP50"}
-    model, config = finetune.load(resumed.artifacts["detector"])
+    detector = finetune.load(resumed.artifacts["detector"])
+    model, config = detector.model, detector.config
     assert config.model.init == "checkpoint" and not model.training
     cache = loading.open_cache(config.data, progress=False)
     test = [r for r in toy.records if r.split == "test"]

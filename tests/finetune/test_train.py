@@ -104,9 +104,10 @@ def test_finetune_cli_trains_predicts_and_draws_cams(
     assert (out / "checkpoints" / "best.ckpt").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
-    model, config = load_detector(out / "detector.pt")
+    detector = load_detector(out / "detector.pt")
+    model, config = detector.model, detector.config
     assert config.classes == ["Nodule/Mass"] and not model.training
-    ckpt_model, _ = load_detector(out / "checkpoints" / "best.ckpt")
+    ckpt_model = load_detector(out / "checkpoints" / "best.ckpt").model
     for (name, a), (_, b) in zip(
         model.state_dict().items(), ckpt_model.state_dict().items(), strict=True
     ):

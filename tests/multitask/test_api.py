@@ -37,7 +37,8 @@ def test_fit_from_python_and_eval_scores_the_group_finding(
     assert heads == head_counts(cfg, train) and heads["images"] == len(train)
     assert run.metrics["heads/classification"] == heads["classification"]
     # the returned artifacts: the model loads and scores the split again, identically
-    model, config, _ = multitask.load(run.artifacts["model"])
+    classifier = multitask.load(run.artifacts["model"])
+    model, config = classifier.model, classifier.config
     test = [r for r in phantoms.records if r.split == "test"]
     again = multitask.predict(
         model, config, records=test, cache=loading.open_cache(config.data), device="cpu"

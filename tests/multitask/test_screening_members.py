@@ -65,7 +65,8 @@ def test_weak_stage_starts_from_the_hard_stage_best_checkpoint(
         assert torch.equal(v, best_hard["state_dict"][f"model.{k}"]), k
     # the member file holds the weak stage's best weights
     best_weak = engine.check_checkpoint(tmp_path / "member" / "weak" / "checkpoints" / "best.ckpt")
-    model, _, blob = train.load(path)
+    member = train.load(path)
+    model, blob = member.model, member.extra
     assert blob["disease"] == "Effusion"
     for k, v in model.state_dict().items():
         assert torch.equal(v, best_weak["state_dict"][f"model.{k}"]), k

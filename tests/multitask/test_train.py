@@ -139,7 +139,8 @@ def test_cli_trains_model2_and_predictions_reload(phantoms: Phantoms, tmp_path: 
     merged = preds.merge(reread, on=["image_id", "finding"])
     assert len(merged) == len(preds)
     assert (merged["score_x"] - merged["score_y"]).abs().max() < 1e-6
-    model, config, blob = load_model(out / "model.pt")
+    loaded = load_model(out / "model.pt")
+    model, config, blob = loaded.model, loaded.config, loaded.extra
     assert config.reconstruction.enabled and model.decoder is not None
     assert blob["findings"][2] == "Nodule/Mass"
 
