@@ -40,7 +40,8 @@ exit status (every command):
   0    the command did what was asked (with --on-error skip, skipped items are listed in the
        errors CSV the command names, and do not change the status)
   1    an error stopped it; one line on stderr names the file, row or key and the problem
-  2    the command line itself is wrong (unknown option, missing argument)
+  2    the command line itself is wrong (unknown option, missing argument; eval: predictions
+       of another --split)
   130  interrupted (Ctrl-C)
 """
 

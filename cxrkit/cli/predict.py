@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from cxrkit.cli.common import add_command
 
 ON_ERROR = ("fail", "skip")  # cxrkit.data.preprocess.ON_ERROR, not imported: --help stays quick
-INPUT_ERROR = 2  # a file named on the command line is missing, unreadable, or not a model
 
 EPILOG = """\
 examples:
@@ -29,8 +27,8 @@ row per box, x1 y1 x2 y2 in original pixels; otherwise one row per image), OUT/p
 (the same per image, with its size) and OUT/overlays/<image_id>.png at each file's original size.
 
 exit status: 0 done (with --on-error skip, skipped files are listed in predictions.json);
-  2 a file named on the command line is missing, unreadable or not a model (one line names it);
-  1 any other error (an unwritable --out, a bad --device).
+  1 an error stopped it: a file missing, unreadable or not a model, an unwritable --out, a bad
+    --device (one line on stderr names it), as every cxrkit command.
 """
 
 
@@ -69,22 +67,17 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Predict and write; a missing or unreadable input is one line on stderr and exit 2."""
-    from cxrkit.errors import CheckpointError, DataError, MissingFileError
+    """Predict and write; a missing or unreadable input is a named error (exit 1, one line)."""
     from cxrkit.predict import predict_files
 
-    try:
-        result = predict_files(
-            args.model,
-            args.files,
-            out_dir=args.out,
-            score_threshold=args.score_threshold,
-            device=args.device,
-            on_error=args.on_error,
-        )
-    except (MissingFileError, CheckpointError, DataError) as exc:
-        print(f"cxrkit predict: error: {exc}", file=sys.stderr)
-        return INPUT_ERROR
+    result = predict_files(
+        args.model,
+        args.files,
+        out_dir=args.out,
+        score_threshold=args.score_threshold,
+        device=args.device,
+        on_error=args.on_error,
+    )
     n = len(result.overlays)
     what = f"{len(result.frame)} boxes" if result.kind == "detector" else f"{n} rows"
     print(

@@ -131,7 +131,7 @@ def test_one_png_and_one_dicom_through_each_model_kind(
         assert not np.array_equal(overlay[..., 0], overlay[..., 1])  # something drawn in colour
 
 
-def _fails(argv: list[str], capsys, code: int = 2) -> str:
+def _fails(argv: list[str], capsys, code: int = 1) -> str:
     assert cli.main(argv) == code
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
