@@ -82,6 +82,53 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def save_random_ensemble():
+    """``save_random_ensemble(out, threshold=t)``: a one-member (Effusion) screening ensemble of
+    the tiny screening config, random network and a random SVM, saved in ``out`` as training
+    saves one; returns ``(config, member_paths)``. Session-scoped so module fixtures can
+    use it; each call builds afresh."""
+
+    def save(out: Path, *, threshold: float):
+        import numpy as np
+        import torch
+
+        from cxrkit.config import load
+        from cxrkit.multitask import ensemble, screening, train
+        from cxrkit.multitask.config import MultiTaskConfig
+        from cxrkit.multitask.model import build_from_config
+
+        config = load(
+            MultiTaskConfig,
+            files=[REPO / "configs" / "multitask" / "tiny_screening.yaml"],
+            overrides=[
+                "screening.diseases=[Effusion]",  # one member: the SVM's input is still its logits
+                "screening.risk_groups=[urgent=Effusion]",
+            ],
+        )
+        torch.manual_seed(0)
+        members = [build_from_config(config, num_outputs=3, load_weights=False).eval()]
+        paths = [
+            train.save_model(
+                m, config, out / "members" / screening.member_slug(d) / "member.pt", disease=d
+            )
+            for m, d in zip(members, config.screening.diseases, strict=True)
+        ]
+        rng = np.random.default_rng(0)
+        svm, _ = ensemble.fit_svm(rng.normal(size=(20, 3)), np.r_[np.zeros(10), np.ones(10)])
+        ensemble.Ensemble(
+            diseases=list(config.screening.diseases),
+            members=members,
+            svm=svm,
+            threshold=threshold,
+            target_sensitivity=0.9,
+            config=config,
+        ).save(out, member_paths=paths)
+        return config, paths
+
+    return save
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the real sample data (nih/, dicom/, chestx-det/); skips the test when absent."""
     root = shared_data_dir()

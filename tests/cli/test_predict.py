@@ -19,13 +19,11 @@ PNG_SIZE, DICOM_SIZE = (256, 192), (300, 200)  # (width, height); both differ fr
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def models(tmp_path_factory: pytest.TempPathFactory, save_random_ensemble) -> dict[str, Path]:
     """A random-weight detector.pt, multi-task model.pt and two-member ensemble directory."""
     from cxrkit.finetune import train as finetune_train
     from cxrkit.finetune.config import FinetuneConfig
     from cxrkit.finetune.model import build_detector, from_config
-    from cxrkit.multitask import ensemble as ensembles
-    from cxrkit.multitask import screening
     from cxrkit.multitask import train as multitask_train
     from cxrkit.multitask.config import MultiTaskConfig
     from cxrkit.multitask.model import build_from_config
@@ -47,32 +45,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         kcr,
         root / "model.pt",
     )
-    scr = load(
-        MultiTaskConfig,
-        files=[configs / "tiny_screening.yaml"],
-        overrides=[
-            "screening.diseases=[Effusion]",  # one member: the SVM's input is still its logits
-            "screening.risk_groups=[urgent=Effusion]",
-        ],
-    )
-    members = [build_from_config(scr, num_outputs=3, load_weights=False).eval()]
     out = root / "ensemble"
-    paths = [
-        multitask_train.save_model(
-            m, scr, out / "members" / screening.member_slug(d) / "member.pt", disease=d
-        )
-        for m, d in zip(members, scr.screening.diseases, strict=True)
-    ]
-    rng = np.random.default_rng(0)
-    svm, _ = ensembles.fit_svm(rng.normal(size=(20, 3)), np.r_[np.zeros(10), np.ones(10)])
-    ensembles.Ensemble(
-        diseases=list(scr.screening.diseases),
-        members=members,
-        svm=svm,
-        threshold=0.0,
-        target_sensitivity=0.9,
-        config=scr,
-    ).save(out, member_paths=paths)
+    save_random_ensemble(out, threshold=0.0)
     return {"detector": detector, "classifier": model, "ensemble": out}
 
 

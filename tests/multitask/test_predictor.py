@@ -77,36 +77,13 @@ def test_classifier_scores_files_as_on_their_cache(tmp_path: Path, cr_dicom) -> 
     )
 
 
-def test_member_and_ensemble_score_files_as_on_their_cache(tmp_path: Path, cr_dicom) -> None:
+def test_member_and_ensemble_score_files_as_on_their_cache(
+    tmp_path: Path, cr_dicom, save_random_ensemble
+) -> None:
     files = _files(tmp_path, cr_dicom)
-    config = load(
-        MultiTaskConfig,
-        files=[CONFIGS / "tiny_screening.yaml"],
-        overrides=[
-            "screening.diseases=[Effusion]",  # one member: the SVM's input is still its logits
-            "screening.risk_groups=[urgent=Effusion]",
-        ],
-    )
-    records, cache = _cache(files, config, tmp_path)
-    torch.manual_seed(0)
-    members = [build_from_config(config, num_outputs=3, load_weights=False).eval()]
     out = tmp_path / "ensemble"
-    paths = [
-        train.save_model(
-            m, config, out / "members" / screening.member_slug(d) / "member.pt", disease=d
-        )
-        for m, d in zip(members, config.screening.diseases, strict=True)
-    ]
-    rng = np.random.default_rng(0)
-    svm, _ = ensembles.fit_svm(rng.normal(size=(20, 3)), np.r_[np.zeros(10), np.ones(10)])
-    ensembles.Ensemble(
-        diseases=list(config.screening.diseases),
-        members=members,
-        svm=svm,
-        threshold=0.1,
-        target_sensitivity=0.9,
-        config=config,
-    ).save(out, member_paths=paths)
+    config, paths = save_random_ensemble(out, threshold=0.1)
+    records, cache = _cache(files, config, tmp_path)
 
     member = multitask.load(paths[0])
     assert member.is_member and member.findings == ["Effusion"]
