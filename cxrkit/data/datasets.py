@@ -303,6 +303,8 @@ class ClassificationDataset(_CacheDataset):
             any member is 1, and it is known if any member is known.
         masks: mask names as in ``Record.mask_paths`` (e.g. ``"lung"``, ``"heart"``).
         augment: albumentations Compose, e.g. ``default_augment(kind="classification", ...)``.
+        labelled: False for records that carry no labels by design (image files read for
+            prediction): no warning that no record states a finding, which is then always true.
     """
 
     def __init__(
@@ -313,6 +315,7 @@ class ClassificationDataset(_CacheDataset):
         findings: Sequence[str],
         masks: Sequence[str] = (),
         augment: A.Compose | None = None,
+        labelled: bool = True,
     ) -> None:
         super().__init__(records=records, cache=cache, name="ClassificationDataset")
         groups = _parse_groups(findings, owner="ClassificationDataset", what="findings")
@@ -327,7 +330,7 @@ class ClassificationDataset(_CacheDataset):
         )
         stated = {f for r in records for f in r.labels}
         for name, members in groups:
-            if records and not stated.intersection(members):
+            if labelled and records and not stated.intersection(members):
                 log.warning(
                     "ClassificationDataset: no record states %s (is it spelled as in the "
                     "manifest?); its label is unknown for every image",

@@ -41,7 +41,7 @@ from cxrkit.errors import DataError, MissingFileError
 from cxrkit.multitask import targets
 from cxrkit.multitask.config import MultiTaskConfig
 from cxrkit.multitask.model import MultiTaskModel
-from cxrkit.multitask.predictor import for_files, unlabelled
+from cxrkit.multitask.predictor import for_files
 from cxrkit.multitask.train import inference_loader, load
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -115,16 +115,23 @@ class Ensemble:
         return self
 
     def features_of(
-        self, *, records: Sequence[Record], cache: Cache, device: str = "auto"
+        self,
+        *,
+        records: Sequence[Record],
+        cache: Cache,
+        device: str = "auto",
+        labelled: bool = True,
     ) -> tuple[list[str], np.ndarray]:
         """Image ids and SVM features (N, classes x members) of ``records``, in one pass over the
-        images (read with the members' recipe and batch size)."""
+        images (read with the members' recipe and batch size; ``labelled`` as in
+        :func:`cxrkit.multitask.train.build_dataset`)."""
         if self.config is None:
             raise ValueError("this ensemble has no configuration to read images with")
         self.to(engine.inference_device(device))
         ids: list[str] = []
         chunks = []
-        for batch in inference_loader(self.config, records=records, cache=cache):
+        loader = inference_loader(self.config, records=records, cache=cache, labelled=labelled)
+        for batch in loader:
             chunks.append(self.features(batch["image"]))
             ids.extend(batch["image_id"])
         width = self.classes * len(self.members)
@@ -167,10 +174,9 @@ class Ensemble:
             raise ValueError("this ensemble has no configuration or SVM: load a trained one")
         images = single.ensure_read(paths, recipe=self.config.data.preprocess, on_error=on_error)
         files = dataclasses.replace(self, config=for_files(self.config))
-        with unlabelled():
-            ids, feats = files.features_of(
-                records=images.records, cache=images.cache, device=device or "auto"
-            )
+        ids, feats = files.features_of(
+            records=images.records, cache=images.cache, device=device or "auto", labelled=False
+        )
         frame = pd.DataFrame(feats, columns=feature_names(self.diseases, classes=self.classes))
         frame.insert(0, "image_id", list(ids))
         frame["score"] = self.score(feats) if len(ids) else np.zeros(0)

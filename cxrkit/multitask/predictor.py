@@ -11,10 +11,8 @@ held)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,23 +20,10 @@ from typing import Any
 import pandas as pd
 
 from cxrkit import engine
-from cxrkit.data import datasets, single
+from cxrkit.data import single
 from cxrkit.data.findings import parse as parse_finding
 from cxrkit.multitask.config import MultiTaskConfig
 from cxrkit.multitask.model import MultiTaskModel
-
-
-@contextlib.contextmanager
-def unlabelled() -> Iterator[None]:
-    """Inference on files: the dataset's warning that no record states a finding's label is true
-    of every file and says nothing, so the datasets' logger shows errors only meanwhile."""
-    logger = logging.getLogger(datasets.__name__)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def for_files(config: MultiTaskConfig) -> MultiTaskConfig:
@@ -108,11 +93,10 @@ class Classifier:
 
         target = engine.inference_device(device or "auto")
         images = single.ensure_read(paths, recipe=self.config.data.preprocess, on_error=on_error)
-        with unlabelled():
-            loader = inference_loader(
-                for_files(self.config), records=images.records, cache=images.cache
-            )
-            ids, logits = predict_logits(self.model, loader, device=target)
+        loader = inference_loader(
+            for_files(self.config), records=images.records, cache=images.cache, labelled=False
+        )
+        ids, logits = predict_logits(self.model, loader, device=target)
         if self.is_member:
             frame = member_frame(
                 ids,

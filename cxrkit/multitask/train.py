@@ -48,9 +48,11 @@ def build_dataset(
     disease: str | None = None,
     train: bool = False,
     inference: bool = False,
+    labelled: bool = True,
 ) -> MultiTaskDataset:
     """The multi-task dataset of ``records``: augmented when ``train`` and ``config.augment``;
-    with ``inference`` no mask is read (predictions need only the image)."""
+    with ``inference`` no mask is read (predictions need only the image); ``labelled`` as in
+    :class:`~cxrkit.data.datasets.ClassificationDataset`."""
     layout = mask_layout(config, disease=disease)
     if inference:
         layout = MaskLayout(names=[], organs=[], lesions=[], lung=None)
@@ -63,7 +65,12 @@ def build_dataset(
             transforms=config.augment_transforms or None,
         )
     base = datasets.ClassificationDataset(
-        records=records, cache=cache, findings=findings, masks=layout.names, augment=augment
+        records=records,
+        cache=cache,
+        findings=findings,
+        masks=layout.names,
+        augment=augment,
+        labelled=labelled,
     )
     return MultiTaskDataset(
         base=base,
@@ -175,11 +182,14 @@ def num_outputs(config: MultiTaskConfig) -> int:
 
 
 def inference_loader(
-    config: MultiTaskConfig, *, records: Sequence[Record], cache: Cache
+    config: MultiTaskConfig, *, records: Sequence[Record], cache: Cache, labelled: bool = True
 ) -> DataLoader:
-    """Images only (no masks), in record order, with the config's batch size and workers."""
+    """Images only (no masks), in record order, with the config's batch size and workers
+    (``labelled`` as in :func:`build_dataset`)."""
     return build_loader(
-        build_dataset(config=config, records=records, cache=cache, inference=True),
+        build_dataset(
+            config=config, records=records, cache=cache, inference=True, labelled=labelled
+        ),
         batch_size=config.data.batch_size,
         num_workers=config.data.num_workers,
         train=False,

@@ -120,6 +120,19 @@ def _by_id(records, image_id):
     return next(r for r in records if r.image_id == image_id)
 
 
+def test_a_finding_no_record_states_is_warned_unless_unlabelled_by_design(built, caplog):
+    records, cache = built
+    with caplog.at_level("WARNING", logger=datasets.__name__):
+        datasets.ClassificationDataset(records=records, cache=cache, findings=["Hernia"])
+    assert "no record states Hernia" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=datasets.__name__):
+        datasets.ClassificationDataset(
+            records=records, cache=cache, findings=["Hernia"], labelled=False
+        )
+    assert caplog.text == ""
+
+
 # ------------------------------------------------------------------------------------------------
 # Items
 
