@@ -136,13 +136,11 @@ def run_demo(
     ``eval/<init>/`` (each model's report and plots), ``cams/<init>/`` (overlays, ``cams.csv``),
     ``report.md``.
     """
-    import logging
-
     import lightning as L
 
-    # Lightning's banners and tips would drown the step lines; warnings still show
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    from cxrkit import engine
+
+    engine.lightning_warnings_only()  # its banners and tips would drown the step lines
     plan = plan or (QUICK if quick else FULL)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -180,6 +180,13 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+def lightning_warnings_only() -> None:
+    """Lightning's INFO lines (devices, model summaries, tips) off for a driver that prints its
+    own step lines (the demo, ``cxrkit reproduce``); warnings still show."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class _AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``torch.save`` through :func:`cxrkit.io.atomic_write`: a run killed while
     saving leaves the previous checkpoint, never a torn one."""

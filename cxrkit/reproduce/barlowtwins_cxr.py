@@ -288,7 +288,9 @@ def run(
     if plan_only:
         return None
     say = log or (lambda line: print(line, flush=True))
-    _quiet_lightning()
+    from cxrkit import engine
+
+    engine.lightning_warnings_only()
     notes: list[str] = []
     inputs = _inputs(
         out=pipeline.out_dir,
@@ -408,14 +410,6 @@ def run(
         notes=notes,
         detectors=detectors,
     )
-
-
-def _quiet_lightning() -> None:
-    import logging
-
-    # Lightning's banners would drown the stage lines; warnings still show
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _inputs(

@@ -210,7 +210,9 @@ def run(
     pipeline.print_plan()
     if plan_only:
         return None
-    kcr.quiet_lightning()
+    from cxrkit import engine
+
+    engine.lightning_warnings_only()
     if synthesise:
         manifest = out / "data" / "manifest.parquet"
 

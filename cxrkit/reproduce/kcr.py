@@ -127,14 +127,6 @@ def synth_manifest(
     return write_manifest(prepared.records, out / "manifest.parquet")
 
 
-def quiet_lightning() -> None:
-    """Lightning's banners and tips would drown the stage lines; warnings still show."""
-    import logging
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def train_model(config: Any) -> dict[str, Any]:
     """``multitask.fit`` resumed from its own checkpoint when one exists; what it returns."""
     from cxrkit import multitask
@@ -360,7 +352,9 @@ def run(
     pipeline.print_plan()
     if plan_only:
         return None
-    quiet_lightning()
+    from cxrkit import engine
+
+    engine.lightning_warnings_only()
     emit = log or (lambda line: print(line, flush=True))
 
     if synthesise:
