@@ -245,6 +245,7 @@ def _decode_first_frame(ds: Dataset, path: Path) -> np.ndarray:
     if native is not None:
         return native
     uid = _transfer_syntax(ds)
+    plugins: list[str] = []
     if uid:
         name = UID(uid).name
         try:
@@ -258,11 +259,11 @@ def _decode_first_frame(ds: Dataset, path: Path) -> np.ndarray:
             raise DicomReadError(
                 f"{path}: transfer syntax {name} ({uid}) needs {package} (pip install {package})"
             )
-    # pydicom tries its GDCM plugin first once python-gdcm is installed, and GDCM's JPEG rounding
-    # differs from libjpeg's: the plugins go in pydicom's order without GDCM (pylibjpeg, then
-    # Pillow: the pixels of an install without GDCM, which the golden digests hold), and GDCM's
-    # own reader comes last.
-    plugins = _plugin_order(get_decoder(uid).available_plugins) if uid else []
+        # pydicom tries its GDCM plugin first once python-gdcm is installed, and GDCM's JPEG
+        # rounding differs from libjpeg's: the plugins go in pydicom's order without GDCM
+        # (pylibjpeg, then Pillow: the pixels of an install without GDCM, which the golden digests
+        # hold), and GDCM's own reader comes last.
+        plugins = _plugin_order(decoder.available_plugins)
     failures: list[str] = []
     for plugin in plugins or [""]:
         try:
