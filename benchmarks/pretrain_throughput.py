@@ -34,8 +34,11 @@ is the real model, whose checkpoint with its LARS state is the real one (1.40 GB
 Measured that way (2-core shared CPU, load 5-10, 1 torch thread, --gap-workers 0, 5 rounds x 2
 boundaries, checkpoint 1.40 GB), before the engine adopted its snapshot writer: median gap 1.77 s
 with Lightning's AsyncCheckpointIO (it clones every tensor on the training thread), 5.74 s written
-synchronously, 0.91 s with the snapshot buffers the engine now uses (1.62 s at the first
-checkpoint, which allocates them, 0.54 s after). Building the checkpoint takes 0.01 s.
+synchronously, 0.91 s with the snapshot buffers (1.62 s at the first checkpoint, which allocated
+them, 0.54 s after). With the buffers made after the first step (the engine's warm-up), on the
+same CPU quiet (load 1.2): median gap 0.33 s, every one of the 10 at most 0.36 s (the first
+boundary included), against 0.84 s for AsyncCheckpointIO and 2.88 s synchronous. Building the
+checkpoint takes 0.003 s.
 """
 
 from __future__ import annotations

@@ -198,37 +198,72 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class SnapshotCheckpointIO(AsyncCheckpointIO):
-    """Lightning's ``AsyncCheckpointIO`` with its point-in-time copy made into buffers kept from
-    the previous checkpoint (``copy_``) instead of fresh clones.
+    """Lightning's ``AsyncCheckpointIO`` with its point-in-time copy made into kept buffers
+    (``copy_``) instead of fresh clones.
 
     The copy is what training waits for at a checkpoint: at full Barlow Twins size (1.4 GB with
     the LARS state) cloning on a CPU allocates and page-faults 1.4 GB every time; copying into
-    kept buffers does not (epoch gap 1.77 s with clones, 0.54 s with kept buffers after the
-    first checkpoint, benchmarks/pretrain_throughput.py --epoch-gap --gap-model resnet50 on the
-    2-core CPU). A thread writes the buffers while training goes on; the next checkpoint first
-    waits for that write, then overwrites them. The cost: one copy of the checkpoint's tensors
-    stays allocated between checkpoints, where they live.
+    kept buffers does not (epoch gap 1.77 s with clones, 0.54 s into buffers already touched,
+    benchmarks/pretrain_throughput.py --epoch-gap --gap-model resnet50 on the 2-core CPU). The
+    buffers are made and touched once, by :meth:`warm` from a thread after the first training
+    step (:class:`_WarmCheckpointBuffers`), so the first checkpoint does not pay for them either.
+    A thread writes the buffers while training goes on; the next checkpoint first waits for that
+    write, then overwrites them. The cost: one copy of the model's and optimizers' tensors stays
+    allocated, where they live.
+
+    Buffers are kept per kind of tensor (shape, strides, dtype, device): the i-th tensor of a
+    kind in a checkpoint is copied into the i-th buffer of that kind.
     """
 
     def __init__(self, checkpoint_io: TorchCheckpointIO | None = None) -> None:
         super().__init__(checkpoint_io)
-        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._buffers: dict[tuple, list[torch.Tensor]] = {}
         self._pending: Any = None
 
-    def _snapshot(self, obj: Any, path: tuple) -> Any:
+    @staticmethod
+    def _kind(tensor: torch.Tensor) -> tuple:
+        return tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device
+
+    def _buffer(self, tensor: torch.Tensor, used: dict[tuple, int]) -> torch.Tensor:
+        kind = self._kind(tensor)
+        index = used[kind] = used.get(kind, 0) + 1
+        kept = self._buffers.setdefault(kind, [])
+        if len(kept) < index:
+            kept.append(torch.empty_like(tensor, memory_format=torch.preserve_format))
+        return kept[index - 1]
+
+    def _snapshot(self, obj: Any, used: dict[tuple, int]) -> Any:
         if isinstance(obj, torch.Tensor):
-            buffer = self._buffers.get(path)
-            if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (
-                obj.shape, obj.dtype, obj.device,
-            ):  # fmt: skip
-                buffer = torch.empty_like(obj, memory_format=torch.preserve_format)
-                self._buffers[path] = buffer
-            return buffer.copy_(obj.detach())
+            return self._buffer(obj, used).copy_(obj.detach())
         if isinstance(obj, dict):
-            return type(obj)((k, self._snapshot(v, (*path, k))) for k, v in obj.items())
+            return type(obj)((k, self._snapshot(v, used)) for k, v in obj.items())
         if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
-            return type(obj)(self._snapshot(v, (*path, i)) for i, v in enumerate(obj))
+            return type(obj)(self._snapshot(v, used) for v in obj)
         return obj
+
+    def warm(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Make and touch, from the writer's thread, a buffer for each of ``tensors`` (those a
+        checkpoint will hold) that none is kept for yet; the next checkpoint waits for it."""
+        self._ensure_setup()
+        wanted: dict[tuple, torch.Tensor] = {}
+        counts: dict[tuple, int] = {}
+        for tensor in tensors:
+            kind = self._kind(tensor)
+            counts[kind] = counts.get(kind, 0) + 1
+            wanted.setdefault(kind, tensor)
+        previous = self._pending
+
+        def make() -> None:
+            if previous is not None:
+                previous.result()  # a write in progress reads the kept buffers
+            with torch.no_grad():
+                for kind, count in counts.items():
+                    kept = self._buffers.setdefault(kind, [])
+                    while len(kept) < count:
+                        buffer = torch.empty_like(wanted[kind], memory_format=torch.preserve_format)
+                        kept.append(buffer.zero_())  # touched: its pages exist from now on
+
+        self._pending = self._executor.submit(make)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
@@ -236,7 +271,7 @@ class SnapshotCheckpointIO(AsyncCheckpointIO):
         self._ensure_setup()
         if self._pending is not None:
             self._pending.result()  # the buffers are free once the previous write is done
-        snapshot = self._snapshot(checkpoint, ())
+        snapshot = self._snapshot(checkpoint, {})
 
         def write() -> None:
             try:
@@ -247,6 +282,36 @@ class SnapshotCheckpointIO(AsyncCheckpointIO):
         self._pending = self._executor.submit(write)
         if self._error:
             raise self._error
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in nested dicts, lists and tuples, in the order a checkpoint holds them."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+class _WarmCheckpointBuffers(Callback):
+    """After the first training step, when the optimizers hold their state, has the
+    :class:`SnapshotCheckpointIO` make its buffers for the module's and optimizers' tensors from
+    its thread, off the training thread and before the first checkpoint needs them."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        io = trainer.strategy.checkpoint_io
+        if self.done or not isinstance(io, SnapshotCheckpointIO):
+            return
+        self.done = True
+        tensors = _tensors(pl_module.state_dict())
+        for optimizer in trainer.optimizers:
+            tensors += _tensors(optimizer.state_dict()["state"])
+        io.warm(tensors)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -293,7 +358,7 @@ def build_trainer(
         every_n_train_steps=max(1, config.checkpoint_every_n_steps),
         enable_version_counter=False,  # last.ckpt is overwritten, never last-v1.ckpt
     )
-    all_callbacks: list[Callback] = [periodic, _FinalCheckpoint(periodic)]
+    all_callbacks: list[Callback] = [periodic, _FinalCheckpoint(periodic), _WarmCheckpointBuffers()]
     if monitor is not None:
         all_callbacks.append(
             ModelCheckpoint(
