@@ -400,6 +400,12 @@ def evaluate(
         else:
             issues.add("no_abnormal_image_for_target_sensitivity", ["all reference images normal"])
     unlisted = sorted({f for fs in findings_of for f in fs if _group_of(f, lookup) == OTHER_GROUP})
+    if risk_groups is not None:
+        # A finding of the user's table that no record has as a label column (a misspelling,
+        # another dataset's name) would silently never match: its group stays empty.
+        labelled = {normalise(f) for r in kept for f in r.labels}
+        absent = [f for fs in groups.values() for f in fs if normalise(f) not in labelled]
+        issues.add("risk_group_findings_not_in_labels", absent)  # listed in the report
     return {
         "kind": "screening",
         "settings": {

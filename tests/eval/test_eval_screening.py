@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from cxrkit.errors import ConfigError
-from cxrkit.eval import screening
+from cxrkit.eval import report, screening
 
 
 def thesis_case(record):
@@ -153,6 +153,20 @@ def test_risk_groups_from_yaml(tmp_path, record):
     result = screening.evaluate(preds, records, threshold=0.5, risk_groups=groups, n_bootstrap=0)
     worst = result["operating_points"]["at_threshold"]["misses_by_most_severe_group"]
     assert worst == {"critical": 1, "routine": 1, "other": 0}
+    # no image has a Cardiomegaly label: a finding of the user's table that matches nothing
+    # (a misspelling, another dataset's name) is reported, not silently left empty
+    assert result["issues"]["risk_group_findings_not_in_labels"] == {
+        "count": 1, "examples": ["Cardiomegaly"],
+    }  # fmt: skip
+    assert "risk group findings not in labels: 1 (e.g. Cardiomegaly)" in report.markdown(result)
+    typo = screening.evaluate(
+        preds, records, threshold=0.5, risk_groups={"critical": ("Mas",), "routine": ("Nodule",)},
+        n_bootstrap=0,
+    )  # fmt: skip
+    assert typo["issues"]["risk_group_findings_not_in_labels"]["examples"] == ["Mas"]
+    # the default table names findings of several datasets: not reported as missing
+    default = screening.evaluate(preds, records, threshold=0.5, n_bootstrap=0)
+    assert "risk_group_findings_not_in_labels" not in default["issues"]
     path.write_text("critical: [Mass]\nurgent: [mass]\n")
     with pytest.raises(ConfigError, match="'mass' is in both 'critical' and 'urgent'"):
         screening.load_risk_groups(path)
