@@ -48,7 +48,8 @@ def register(subparsers: Any) -> None:
         "--workers",
         type=int,
         default=os.cpu_count() or 1,
-        help="worker processes (default: CPU count; 1 = no pool)",
+        help="processes working on images: this one and N-1 in a pool (default: CPU count; "
+        "1 = no pool)",
     )
     parser.add_argument(
         "--on-error",
