@@ -38,8 +38,12 @@ NIH_BOXED = 880  # images with boxes in BBox_List_2017.csv
 
 
 def make_manifest(path: Path, *, n: int = NIH_RECORDS, seed: int = 0) -> Path:
-    """A manifest shaped like ``cxrkit prepare nih`` writes for the full ChestX-ray14."""
+    """A manifest shaped like ``cxrkit prepare nih`` writes for the full ChestX-ray14, its images
+    under ``nih/`` beside it (the folder is made, the images are not: reading labels needs none,
+    and an existing root is read as recorded, with no search for a moved dataset)."""
     rng = np.random.default_rng(seed)
+    root = path.parent / "nih"
+    root.mkdir(parents=True, exist_ok=True)
     names = (*NIH_FINDINGS, NIH_NO_FINDING)
     positives = rng.random((n, len(names))) < 0.08
     boxed = set(rng.choice(n, size=min(n, NIH_BOXED), replace=False).tolist())
@@ -56,7 +60,7 @@ def make_manifest(path: Path, *, n: int = NIH_RECORDS, seed: int = 0) -> Path:
             Record(
                 image_id=f"{patient:08d}_{i % 4:03d}",
                 source="nih",
-                path=f"/data/nih/images_{i % 12 + 1:03d}/images/{patient:08d}_{i % 4:03d}.png",
+                path=f"{root}/images_{i % 12 + 1:03d}/images/{patient:08d}_{i % 4:03d}.png",
                 patient_id=f"{patient:08d}",
                 width=1024,
                 height=1024,
