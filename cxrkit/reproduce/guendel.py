@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrkit.errors import ConfigError, DataError
-from cxrkit.reproduce import kcr
+from cxrkit.reproduce.multitask_runs import load_model_config, synth_manifest, train_model
 from cxrkit.reproduce.pipeline import Pipeline, StagePlan, write_json, write_table
 
 NAME = "reproduce guendel"
@@ -217,7 +217,7 @@ def run(
         manifest = out / "data" / "manifest.parquet"
 
         def make_data() -> dict[str, Any]:
-            path = kcr.synth_manifest(
+            path = synth_manifest(
                 out / "data", n=TINY_IMAGES, size=TINY_SIZE, seed=seed, fractions="0.6,0.2,0.2"
             )
             return {"manifest": str(_drop_organ_masks(path, every=3))}
@@ -229,7 +229,7 @@ def run(
 
     configs = {}
     for variant, extra in VARIANTS.items():
-        configs[variant] = kcr.load_model_config(
+        configs[variant] = load_model_config(
             f"{prefix}guendel",
             config_dir=Path(config_dir) if config_dir else None,
             overrides=[
@@ -248,7 +248,7 @@ def run(
             from cxrkit.data.records import read_manifest
             from cxrkit.multitask.dataset import head_counts
 
-            result = kcr.train_model(cfg)
+            result = train_model(cfg)
             if not result["predictions"]:
                 raise DataError(f"{manifest}: no record in split 'test' to score")
             train_records = [r for r in read_manifest(manifest) if r.split == cfg.data.train_split]

@@ -49,9 +49,9 @@ def test_table_has_auc_with_and_without_auxiliary_heads(tiny_run: Path) -> None:
 
 
 def guendel_findings() -> list[str]:
-    from cxrkit.reproduce import kcr
+    from cxrkit.reproduce.multitask_runs import load_model_config
 
-    return kcr.load_model_config("tiny_guendel", config_dir=None, overrides=[]).findings
+    return load_model_config("tiny_guendel", config_dir=None, overrides=[]).findings
 
 
 def test_heads_count_images_without_masks(tiny_run: Path) -> None:
