@@ -581,6 +581,7 @@ def _init_worker(main: int) -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError):  # no libc prctl: the watcher thread alone
             pass
+        _keep_freed_buffers()
     parent = os.getppid()
     threading.Thread(
         target=_watch_parent, args=(main, parent), name="cxrkit-parent-watch", daemon=True
@@ -590,6 +591,25 @@ def _init_worker(main: int) -> None:
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h> (glibc)
+
+
+def _keep_freed_buffers() -> None:
+    """Have glibc's malloc keep the image-sized buffers a worker frees for its next item.
+
+    A fresh pool process maps every megabyte-sized array anew and page-faults it in, then returns
+    it to the OS on free; a long-lived process has raised those thresholds by then. Measured on
+    the 2-core CPU (1024 px PNG -> 256, 24 items, 7 interleaved runs, medians): 24.5 ms of CPU per
+    item in a pool process as started, 22.4 ms with these settings, 22.5 ms in the main process.
+    cxrkit's choice: arrays under 64 MB come from the heap, and up to 128 MB of freed heap stays
+    with the process. Only pool processes are changed, never the caller's.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt): malloc as it is
+        pass
 
 
 # --------------------------------------------------------------------------------------------------
