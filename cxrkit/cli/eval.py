@@ -426,6 +426,7 @@ def run_screening(args: argparse.Namespace) -> int:
         threshold=threshold,
         target_sensitivity=args.target_sensitivity,
         risk_groups=groups,
+        risk_groups_source=str(args.risk_groups),
         threshold_source=source,
         threshold_optimistic=optimistic,
         split=args.split,

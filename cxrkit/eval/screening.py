@@ -273,6 +273,7 @@ def evaluate(
     threshold: float | None = None,
     target_sensitivity: float | None = 0.99,
     risk_groups: Mapping[str, Sequence[str]] | None = None,
+    risk_groups_source: str = "risk groups",
     n_bootstrap: int = 2000,
     seed: int = 0,
     level: float = 0.95,
@@ -292,6 +293,8 @@ def evaluate(
         target_sensitivity: also report the operating point at the highest threshold reaching this
             sensitivity (the thesis screens at 0.99); None skips it (then ``threshold`` is needed).
         risk_groups: group -> findings, most severe first (default :data:`DEFAULT_RISK_GROUPS`).
+            A table given here must name only findings the evaluated images have labels for.
+        risk_groups_source: where ``risk_groups`` came from (the YAML file), for messages.
         n_bootstrap, seed, level: the AUROC's patient bootstrap (0: off) and the confidence level
             of every interval (exact Clopper-Pearson for sensitivity and specificity).
         allow_missing: tolerate and report missing ids and NaN scores.
@@ -311,6 +314,12 @@ def evaluate(
         ``risk_groups`` with the misses of each group; ``chosen_on`` says where the threshold
         came from and ``optimistic`` whether it was chosen on these images), ``issues`` and
         ``curves``.
+
+    Raises:
+        ConfigError: no operating point asked for, or a malformed ``risk_groups``.
+        DataError: no image with a reference label; a finding of a given ``risk_groups`` that
+            no evaluated image has a label for (a misspelling, another dataset's name: its group
+            would silently stay empty), as training refuses it (``screening.risk_groups``).
     """
     bootstrap.check_settings(n_bootstrap=n_bootstrap, level=level)
     if threshold is None and target_sensitivity is None:
@@ -324,6 +333,17 @@ def evaluate(
     )
     if y.size == 0:
         raise DataError("no predicted image has a reference label")
+    if risk_groups is not None:
+        labelled = {normalise(f) for r in kept for f in r.labels}
+        absent = [f for fs in groups.values() for f in fs if normalise(f) not in labelled]
+        if absent:
+            shown = sorted({f for r in kept for f in r.labels})
+            listed = ", ".join(shown[:20]) + (" ..." if len(shown) > 20 else "")
+            raise DataError(
+                f"{risk_groups_source}: names {', '.join(repr(f) for f in absent)}, which no "
+                f"evaluated image has a label for (the images have: {listed}); remove it or fix "
+                "its spelling"
+            )
     value = classification.auroc(y_true=y, y_score=s)
     replicates = None
     if n_bootstrap and y.size:
@@ -400,12 +420,6 @@ def evaluate(
         else:
             issues.add("no_abnormal_image_for_target_sensitivity", ["all reference images normal"])
     unlisted = sorted({f for fs in findings_of for f in fs if _group_of(f, lookup) == OTHER_GROUP})
-    if risk_groups is not None:
-        # A finding of the user's table that no record has as a label column (a misspelling,
-        # another dataset's name) would silently never match: its group stays empty.
-        labelled = {normalise(f) for r in kept for f in r.labels}
-        absent = [f for fs in groups.values() for f in fs if normalise(f) not in labelled]
-        issues.add("risk_group_findings_not_in_labels", absent)  # listed in the report
     return {
         "kind": "screening",
         "settings": {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cxrkit.errors import ConfigError
-from cxrkit.eval import report, screening
+from cxrkit.errors import ConfigError, DataError
+from cxrkit.eval import screening
 
 
 def thesis_case(record):
@@ -147,26 +147,22 @@ def test_risk_groups_from_yaml(tmp_path, record):
     records = [
         record("a", labels={"Mass": 1}),
         record("b", labels={"nodule": 1}),
-        record("c", labels={"No Finding": 1}),
+        record("c", labels={"No Finding": 1, "Cardiomegaly": 0}),  # labelled, not positive: fine
     ]
     preds = pd.DataFrame({"image_id": ["a", "b", "c"], "score": [0.1, 0.1, 0.1]})
     result = screening.evaluate(preds, records, threshold=0.5, risk_groups=groups, n_bootstrap=0)
     worst = result["operating_points"]["at_threshold"]["misses_by_most_severe_group"]
     assert worst == {"critical": 1, "routine": 1, "other": 0}
-    # no image has a Cardiomegaly label: a finding of the user's table that matches nothing
-    # (a misspelling, another dataset's name) is reported, not silently left empty
-    assert result["issues"]["risk_group_findings_not_in_labels"] == {
-        "count": 1, "examples": ["Cardiomegaly"],
-    }  # fmt: skip
-    assert "risk group findings not in labels: 1 (e.g. Cardiomegaly)" in report.markdown(result)
-    typo = screening.evaluate(
-        preds, records, threshold=0.5, risk_groups={"critical": ("Mas",), "routine": ("Nodule",)},
-        n_bootstrap=0,
-    )  # fmt: skip
-    assert typo["issues"]["risk_group_findings_not_in_labels"]["examples"] == ["Mas"]
-    # the default table names findings of several datasets: not reported as missing
-    default = screening.evaluate(preds, records, threshold=0.5, n_bootstrap=0)
-    assert "risk_group_findings_not_in_labels" not in default["issues"]
+    # a finding of the user's table that no image has a label for (a misspelling, another
+    # dataset's name) is refused, naming it and the file, not left as an empty group
+    typo = {"critical": ("Mas",), "routine": ("Nodule",)}
+    with pytest.raises(DataError, match=r"groups.yaml: names 'Mas', which no evaluated image"):
+        screening.evaluate(
+            preds, records, threshold=0.5, risk_groups=typo, risk_groups_source=str(path),
+            n_bootstrap=0,
+        )  # fmt: skip
+    # the default table names findings of several datasets: not required here
+    screening.evaluate(preds, records, threshold=0.5, n_bootstrap=0)
     path.write_text("critical: [Mass]\nurgent: [mass]\n")
     with pytest.raises(ConfigError, match="'mass' is in both 'critical' and 'urgent'"):
         screening.load_risk_groups(path)
