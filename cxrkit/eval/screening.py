@@ -293,7 +293,8 @@ def evaluate(
         target_sensitivity: also report the operating point at the highest threshold reaching this
             sensitivity (the thesis screens at 0.99); None skips it (then ``threshold`` is needed).
         risk_groups: group -> findings, most severe first (default :data:`DEFAULT_RISK_GROUPS`).
-            A table given here must name only findings the evaluated images have labels for.
+            In a table given here every group must name a finding the evaluated images have
+            labels for; other spellings no image has are listed in ``issues``.
         risk_groups_source: where ``risk_groups`` came from (the YAML file), for messages.
         n_bootstrap, seed, level: the AUROC's patient bootstrap (0: off) and the confidence level
             of every interval (exact Clopper-Pearson for sensitivity and specificity).
@@ -317,9 +318,9 @@ def evaluate(
 
     Raises:
         ConfigError: no operating point asked for, or a malformed ``risk_groups``.
-        DataError: no image with a reference label; a finding of a given ``risk_groups`` that
-            no evaluated image has a label for (a misspelling, another dataset's name: its group
-            would silently stay empty), as training refuses it (``screening.risk_groups``).
+        DataError: no image with a reference label; a group of a given ``risk_groups`` none of
+            whose findings any evaluated image has a label for (a misspelling, another dataset's
+            names: the group would silently stay empty).
     """
     bootstrap.check_settings(n_bootstrap=n_bootstrap, level=level)
     if threshold is None and target_sensitivity is None:
@@ -334,16 +335,22 @@ def evaluate(
     if y.size == 0:
         raise DataError("no predicted image has a reference label")
     if risk_groups is not None:
+        # A table given here may list several spellings of a disease (each source's label
+        # name, as the screening stage writes it): a spelling no image has is only reported,
+        # but a group none of whose findings any image has a label for would stay empty (a
+        # misspelling, another dataset's names) and is refused.
         labelled = {normalise(f) for r in kept for f in r.labels}
         absent = [f for fs in groups.values() for f in fs if normalise(f) not in labelled]
-        if absent:
+        empty = [g for g, fs in groups.items() if not any(normalise(f) in labelled for f in fs)]
+        if empty:
             shown = sorted({f for r in kept for f in r.labels})
             listed = ", ".join(shown[:20]) + (" ..." if len(shown) > 20 else "")
+            named = "; ".join(f"{g!r}: {', '.join(groups[g])}" for g in empty)
             raise DataError(
-                f"{risk_groups_source}: names {', '.join(repr(f) for f in absent)}, which no "
-                f"evaluated image has a label for (the images have: {listed}); remove it or fix "
-                "its spelling"
+                f"{risk_groups_source}: no evaluated image has a label for any finding of "
+                f"group {named} (the images have: {listed}); fix the spelling or remove the group"
             )
+        issues.add("risk_group_findings_not_in_labels", absent)  # listed in the report
     value = classification.auroc(y_true=y, y_score=s)
     replicates = None
     if n_bootstrap and y.size:
