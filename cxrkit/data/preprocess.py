@@ -900,15 +900,20 @@ def build_cache(
                 in_flight = 2 * children
                 failed: list[BaseException] = []
 
+                def fill() -> None:
+                    """Hand the pool chunks until ``in_flight`` are there or none is left."""
+                    while len(running) < in_flight:
+                        try:
+                            chunk = queue.popleft()  # atomic: this process may take one meanwhile
+                        except IndexError:
+                            return
+                        running[pool.submit(job, chunk)] = chunk
+
                 def start_pool() -> None:
                     # The first submit waits for the forkserver to start and import this module;
-                    # this process works on items meanwhile (deque.popleft is atomic).
+                    # this process works on items meanwhile.
                     try:
-                        while len(running) < in_flight and queue:
-                            chunk = queue.popleft()
-                            running[pool.submit(job, chunk)] = chunk
-                    except IndexError:  # this process took the last chunk meanwhile
-                        pass
+                        fill()
                     except BaseException as exc:  # no pool: raised here, after the join
                         failed.append(exc)
 
@@ -925,9 +930,7 @@ def build_cache(
                             results, pid, cpu = future.result()
                             pool_cpu[pid] = max(cpu, pool_cpu.get(pid, 0.0))
                             collect(running.pop(future), results)
-                        while queue and len(running) < in_flight:
-                            chunk = queue.popleft()
-                            running[pool.submit(job, chunk)] = chunk
+                        fill()
                         if queue:
                             run_here(queue.popleft())
                         elif running:
