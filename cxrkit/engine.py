@@ -27,7 +27,7 @@ import os
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -232,14 +232,9 @@ class SnapshotCheckpointIO(AsyncCheckpointIO):
             kept.append(torch.empty_like(tensor, memory_format=torch.preserve_format))
         return kept[index - 1]
 
-    def _snapshot(self, obj: Any, used: dict[tuple, int]) -> Any:
-        if isinstance(obj, torch.Tensor):
-            return self._buffer(obj, used).copy_(obj.detach())
-        if isinstance(obj, dict):
-            return type(obj)((k, self._snapshot(v, used)) for k, v in obj.items())
-        if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
-            return type(obj)(self._snapshot(v, used) for v in obj)
-        return obj
+    def _snapshot(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        used: dict[tuple, int] = {}
+        return _map_tensors(checkpoint, lambda t: self._buffer(t, used).copy_(t.detach()))
 
     def warm(self, tensors: Sequence[torch.Tensor]) -> None:
         """Make and touch, from the writer's thread, a buffer for each of ``tensors`` (those a
@@ -271,7 +266,7 @@ class SnapshotCheckpointIO(AsyncCheckpointIO):
         self._ensure_setup()
         if self._pending is not None:
             self._pending.result()  # the buffers are free once the previous write is done
-        snapshot = self._snapshot(checkpoint, {})
+        snapshot = self._snapshot(checkpoint)
 
         def write() -> None:
             try:
@@ -284,15 +279,23 @@ class SnapshotCheckpointIO(AsyncCheckpointIO):
             raise self._error
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    """Every tensor in nested dicts, lists and tuples, in the order a checkpoint holds them."""
+def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """``obj`` with ``fn`` applied to every tensor in nested dicts, lists and tuples, in order
+    (a named tuple is left as it is)."""
     if isinstance(obj, torch.Tensor):
-        return [obj]
+        return fn(obj)
     if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    if isinstance(obj, list | tuple):
-        return [t for v in obj for t in _tensors(v)]
-    return []
+        return type(obj)((k, _map_tensors(v, fn)) for k, v in obj.items())
+    if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """The tensors a :class:`SnapshotCheckpointIO` snapshot of ``obj`` copies, in its order."""
+    found: list[torch.Tensor] = []
+    _map_tensors(obj, found.append)
+    return found
 
 
 class _WarmCheckpointBuffers(Callback):
