@@ -339,11 +339,12 @@ def evaluate(
         # name, as the screening stage writes it): a spelling no image has is only reported,
         # but a group none of whose findings any image has a label for would stay empty (a
         # misspelling, another dataset's names) and is refused.
-        labelled = {normalise(f) for r in kept for f in r.labels}
+        label_names = {f for r in kept for f in r.labels}
+        labelled = {normalise(f) for f in label_names}
         absent = [f for fs in groups.values() for f in fs if normalise(f) not in labelled]
         empty = [g for g, fs in groups.items() if not any(normalise(f) in labelled for f in fs)]
         if empty:
-            shown = sorted({f for r in kept for f in r.labels})
+            shown = sorted(label_names)
             listed = ", ".join(shown[:20]) + (" ..." if len(shown) > 20 else "")
             named = "; ".join(f"{g!r}: {', '.join(groups[g])}" for g in empty)
             raise DataError(
